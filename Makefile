@@ -1,0 +1,35 @@
+# coordexp-swift: `make demo` (the end-to-end CPU demo) and `make test` (the whole suite).
+# Both create .venv and install what they need if it is missing.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.coordexp-installed
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test test-fast bench install clean-demo
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch and torchvision first, as a pair built for each other (pip takes them from this machine's disk).
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+demo: $(STAMP)
+	$(BIN)/coordexp-swift demo --out $(DEMO_OUT)
+
+bench: $(STAMP)
+	$(BIN)/python bench/stage1.py
+
+clean-demo:
+	rm -rf $(DEMO_OUT)
