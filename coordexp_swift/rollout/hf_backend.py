@@ -1,0 +1,136 @@
+"""HF ``generate`` rollout backend (SPEC §3.6 B0).
+
+Prompts are encoded by :class:`~coordexp_swift.rollout.prompts.PromptEncoder` (training-identical ids), split into
+batches of at most ``decode.batch_size`` in input order, LEFT-padded, and decoded with ``model.generate`` (KV cache
+on) under ``torch.no_grad()`` with the model in eval mode. Only ``<|im_end|>`` stops a sequence. Afterwards every
+submodule's train/eval flag and the model's cached mRoPE deltas are restored, so a following training forward is
+unaffected.
+
+Decoding: greedy (``do_sample=False, num_beams=1``), beam (``num_beams`` ≥ 2, best beam only) or sampling iff
+``decode.temperature > 0`` (``top_p``; ``top_k`` -1 = off). Sampling seeds the global torch RNG once per
+:meth:`HFRolloutBackend.generate` call with ``seeds.hf_seed() = seed_base + micro_idx``; greedy and beam touch no
+RNG. Every generation knob is set explicitly, so a checkpoint's own ``generation_config`` (e.g. a sampling default
+or a repetition penalty) never leaks into rollouts.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from coordexp_swift.rollout.backends import (
+    DecodeOptions,
+    RolloutOutput,
+    Sample,
+    decode_text,
+    finalize_response,
+)
+from coordexp_swift.rollout.prompts import PromptEncoder, collate_left
+from coordexp_swift.rollout.seeds import RolloutSeeds
+
+__all__ = ["HFRolloutBackend", "load_model_and_template"]
+
+
+def load_model_and_template(
+    model_dir: str | os.PathLike[str],
+    *,
+    template_type: str = "qwen3_vl",
+    model_type: str = "qwen3_vl",
+    torch_dtype: torch.dtype | None = torch.float32,
+    device_map: Any = None,
+    max_pixels: int | None = None,
+) -> tuple[Any, Any]:
+    """Load a full checkpoint and its ms-swift template exactly as ``swift sft`` does (``--model_type qwen3_vl
+    --template qwen3_vl``; pass the training ``max_pixels`` if it was set). Returns ``(model, template)``."""
+    from swift.model import get_model_processor
+    from swift.template import get_template
+
+    model, processor = get_model_processor(str(model_dir), model_type=model_type, torch_dtype=torch_dtype,
+                                           device_map=device_map, load_model=True)
+    template = get_template(processor, template_type=template_type, max_pixels=max_pixels)
+    return model, template
+
+
+class HFRolloutBackend:
+    """Rollouts with ``transformers`` ``generate``. ``model``: a Qwen3-VL ``PreTrainedModel`` (possibly wrapped by
+    PEFT); ``template``: the ms-swift template used for training (its mode and forward hooks are restored)."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, template: Any) -> None:
+        self.model = model
+        self.template = template
+        self.encoder = PromptEncoder(template)
+        self.tokenizer = self.encoder.tokenizer
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike[str], **kwargs: Any) -> "HFRolloutBackend":
+        """``HFRolloutBackend(*load_model_and_template(model_dir, **kwargs))``."""
+        return cls(*load_model_and_template(model_dir, **kwargs))
+
+    def generation_config(self, decode: DecodeOptions) -> Any:
+        """The full ``GenerationConfig`` of ``decode`` (stop = ``<|im_end|>`` only, pad = tokenizer pad)."""
+        from transformers import GenerationConfig
+
+        kw: dict[str, Any] = dict(
+            max_new_tokens=decode.max_new_tokens, min_new_tokens=0, do_sample=decode.do_sample,
+            num_beams=decode.num_beams, num_return_sequences=1, eos_token_id=self.encoder.im_end_id,
+            pad_token_id=self.encoder.pad_id, use_cache=True, return_dict_in_generate=False,
+            repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0, early_stopping=False,
+        )
+        if decode.do_sample:
+            kw.update(temperature=decode.temperature, top_p=decode.top_p,
+                      top_k=0 if decode.top_k == -1 else decode.top_k)
+        return GenerationConfig(**kw)
+
+    @contextlib.contextmanager
+    def _inference_state(self) -> Iterator[None]:
+        """Eval mode + no grad + the template's generate context; restores per-module modes and rope deltas."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        rope = [(m, m.rope_deltas) for m in self.model.modules() if hasattr(m, "rope_deltas")]
+        gen_ctx = getattr(self.template, "generate_context", None)
+        self.model.eval()
+        try:
+            with torch.no_grad(), (gen_ctx() if gen_ctx is not None else contextlib.nullcontext()):
+                yield
+        finally:
+            for m, flag in modes:
+                m.training = flag
+            for m, value in rope:
+                m.rope_deltas = value
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, samples: Sequence[Sample], *, decode: DecodeOptions,
+                 seeds: RolloutSeeds) -> list[RolloutOutput]:
+        """One :class:`RolloutOutput` per sample, in order (contract in :mod:`coordexp_swift.rollout.backends`)."""
+        prompts = self.encoder.encode_many(samples)
+        if not prompts:
+            return []
+        cfg = self.generation_config(decode)
+        if decode.do_sample:
+            torch.manual_seed(seeds.hf_seed())
+        device = self._device()
+        outputs: list[RolloutOutput] = []
+        with self._inference_state():
+            for start in range(0, len(prompts), decode.batch_size):
+                chunk = prompts[start:start + decode.batch_size]
+                batch = {k: v.to(device) for k, v in collate_left(chunk, self.encoder.pad_id).items()}
+                if "pixel_values" in batch:
+                    batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+                seqs = self.model.generate(**batch, generation_config=cfg)
+                generated = seqs[:, batch["input_ids"].shape[1]:].tolist()
+                for prompt, row in zip(chunk, generated):
+                    ids, truncated = finalize_response(row, im_end_id=self.encoder.im_end_id,
+                                                       max_new_tokens=decode.max_new_tokens)
+                    if truncated and len(ids) != decode.max_new_tokens:
+                        raise RuntimeError(
+                            f"HF generate stopped after {len(ids)} tokens without <|im_end|> although "
+                            f"max_new_tokens = {decode.max_new_tokens}; another stopping criterion is active")
+                    outputs.append(RolloutOutput(prompt.input_ids, ids, decode_text(self.tokenizer, ids),
+                                                 truncated))
+        return outputs
