@@ -1,0 +1,45 @@
+"""Helpers to run real `swift sft` on a YAML in a subprocess and read its logs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SWIFT = str(Path(sys.executable).with_name("swift"))
+
+
+def tiny_stage1_config(model_dir: Path, shapes_dir: Path, output_dir: Path, **overrides) -> dict:
+    """A minimal Stage-1 run on the tiny model: a few CPU steps, logging every step."""
+    cfg = {
+        "model": str(model_dir), "model_type": "qwen3_vl", "template": "qwen3_vl", "check_model": False,
+        "torch_dtype": "float32", "attn_impl": "sdpa", "tuner_type": "full",
+        "dataset": [str(shapes_dir / "train.jsonl")], "split_dataset_ratio": 0.0,
+        "max_length": 512, "dataset_num_proc": 1, "dataloader_num_workers": 0,
+        "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "learning_rate": 1.0e-3,
+        "max_steps": 3, "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no", "report_to": ["none"],
+        "seed": 7, "output_dir": str(output_dir), "add_version": False,
+        "external_plugins": [str(REPO / "plugins" / "coordexp.py")], "ignore_args_error": True,
+        "custom": {"coord_soft_ce_w1": {"enabled": True}},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def run_swift_sft(cfg: dict, workdir: Path, *, extra_env: dict | None = None, timeout: int = 600,
+                  extra_args: list[str] | None = None) -> subprocess.CompletedProcess:
+    path = workdir / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2",
+           **(extra_env or {})}
+    return subprocess.run([SWIFT, "sft", str(path), *(extra_args or [])], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_logging_jsonl(output_dir: Path) -> list[dict]:
+    path = output_dir / "logging.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,73 @@
+"""Real `swift sft` with the plugin on the tiny model (seed 000 1.8 / 1.9, 000 2.3)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from .swift_run import read_logging_jsonl, run_swift_sft, tiny_stage1_config
+
+pytestmark = pytest.mark.integration
+
+MODEL_LOAD_MARKER = "model_info"  # ms-swift logs this right after the model is built
+
+
+def test_stage1_swift_sft_logs_keys(tiny_model_dir, shapes_dir, tmp_path):
+    """seed 000 1.9 / 2.3: a few real steps log loss, token accs and softCE/W1 terms, all finite; the resolved
+    coordexp config is written beside the outputs."""
+    out = tmp_path / "out"
+    proc = run_swift_sft(tiny_stage1_config(tiny_model_dir, shapes_dir, out), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [r for r in read_logging_jsonl(out) if "loss" in r]
+    assert len(steps) == 3
+    for rec in steps:
+        for key in ("loss", "token_acc", "coord_token_acc", "text_token_acc", "loss/coord_reg",
+                    "loss/coord_reg/soft_ce", "loss/coord_reg/w1", "loss/coord_reg/coord_gate"):
+            assert key in rec, (key, sorted(rec))
+            assert math.isfinite(rec[key]), (key, rec[key])
+        assert "loss/coord_token_ce" not in rec  # ce_weight defaults to 0.0 -> not emitted
+        # coord_reg is the sum of its emitted sub-terms (post-weighting contributions)
+        subs = sum(rec[k] for k in rec if k.startswith("loss/coord_reg/"))
+        assert rec["loss/coord_reg"] == pytest.approx(subs, rel=1e-4)
+    resolved = json.loads((out / "coordexp_config.json").read_text())
+    assert resolved["variant"] == "stage1"
+    assert resolved["custom"]["coord_soft_ce_w1"]["enabled"] is True
+    assert resolved["custom"]["coord_soft_ce_w1"]["target_sigma"] == 2.0
+
+
+@pytest.mark.parametrize("where,bad_key,expect", [
+    ("custom", "sof_ce_weight", "custom.coord_soft_ce_w1.sof_ce_weight"),
+    ("swift", "learnig_rate", "learnig_rate"),
+])
+def test_typo_fails_before_model_load(tiny_model_dir, shapes_dir, tmp_path, where, bad_key, expect):
+    """Acceptance: a misspelt coordexp key and a misspelt ms-swift key both fail before the model loads, naming
+    the dotted key and the closest valid key."""
+    cfg = tiny_stage1_config(tiny_model_dir, shapes_dir, tmp_path / "out")
+    if where == "custom":
+        cfg["custom"]["coord_soft_ce_w1"][bad_key] = 1.0
+        closest = "soft_ce_weight"
+    else:
+        cfg[bad_key] = 1.0e-3
+        closest = "learning_rate"
+    proc = run_swift_sft(cfg, tmp_path, timeout=300)
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert expect in log and closest in log
+    assert MODEL_LOAD_MARKER not in log
+
+
+def test_out_of_range_bin_fails_with_file_line(tiny_model_dir, shapes_dir, tmp_path):
+    """Acceptance: a JSONL with an out-of-range bin fails naming file, line and object index."""
+    lines = (shapes_dir / "train.jsonl").read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["objects"][0]["bbox_2d"][2] = 1000
+    lines[2] = json.dumps(rec)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    (tmp_path / "images").symlink_to(shapes_dir / "images")
+    cfg = tiny_stage1_config(tiny_model_dir, shapes_dir, tmp_path / "out", dataset=[str(bad)])
+    proc = run_swift_sft(cfg, tmp_path, timeout=300)
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert f"{bad}:3" in log and "objects[0]" in log and "norm1000 range 0..999" in log
