@@ -1,0 +1,166 @@
+"""``token_ce`` objective (SPEC §4.2-4.4): weighted token CE per context, split into struct / desc / coord parts.
+
+Per context c: ``token_ce_c = scale_c · Σ_t w_t·CE_t / max(Σ_t w_t, 1e-6)`` over positions with ``w_t > 0`` (0 if
+none), ``CE_t = −log softmax(z[t−1])[id_t]`` (full vocabulary, fp32, sanitised logits). The parts share the
+denominator: ``loss/struct_ce`` (struct + eos), ``loss/desc_ce``, ``loss/coord_token_ce`` (Stage-1 with the coord
+loss off); the ``self_context`` stabilizer adds to ``loss/struct_ce`` and is broken out as
+``loss/struct_ce/self_context``. A key is emitted iff its effective weight is > 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from coordexp_swift.config.strict import bounded
+from coordexp_swift.losses.coord_dist import sanitize_logits
+from coordexp_swift.teacher_forcing.context import CONTEXTS, CEWeightTable, TeacherForcingContext
+from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule, plain_zero
+from coordexp_swift.teacher_forcing.token_types import COORD, DESC
+
+__all__ = ["Stage1TokenCEConfig", "TokenCEConfig", "TokenCEModule", "TokenCETwoChannelConfig"]
+
+_PART_KEYS = {"struct": "loss/struct_ce", "desc": "loss/desc_ce", "coord": "loss/coord_token_ce"}
+DENOM_FLOOR = 1e-6
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenCEConfig:
+    """``token_ce`` config of ``stage2_rollout_aligned`` (SPEC §6.1): rollout ablation weights.
+
+      rollout_fn_desc_weight: desc CE weight in the FN tail (≥ 0).
+      rollout_matched_prefix_struct_weight: struct CE weight on matched prefix records (≥ 0; times m).
+      rollout_drop_invalid_struct_ce_multiplier: m in [1, 4] for samples with dropped invalid records.
+    """
+
+    rollout_fn_desc_weight: float = bounded(1.0, ge=0)
+    rollout_matched_prefix_struct_weight: float = bounded(1.0, ge=0)
+    rollout_drop_invalid_struct_ce_multiplier: float = bounded(1.0, ge=1, le=4)
+
+    def table(self) -> CEWeightTable:
+        """The §4.3 weight table of this config."""
+        return CEWeightTable(
+            desc_ce_weight=getattr(self, "desc_ce_weight", 1.0),
+            self_context_struct_ce_weight=getattr(self, "self_context_struct_ce_weight", 0.0),
+            rollout_fn_desc_weight=self.rollout_fn_desc_weight,
+            rollout_matched_prefix_struct_weight=self.rollout_matched_prefix_struct_weight,
+            rollout_drop_invalid_struct_ce_multiplier=self.rollout_drop_invalid_struct_ce_multiplier,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenCETwoChannelConfig(TokenCEConfig):
+    """``token_ce`` config of ``stage2_two_channel``: the rollout weights plus
+
+      desc_ce_weight: desc CE weight in context ``gt`` (Channel-A A1) (≥ 0).
+      self_context_struct_ce_weight: λ_fmt of the self-context struct/eos stabilizer (≥ 0).
+    """
+
+    desc_ce_weight: float = bounded(1.0, ge=0)
+    self_context_struct_ce_weight: float = bounded(0.1, ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage1TokenCEConfig:
+    """``token_ce`` as used by Stage-1 (context ``gt`` only; not a pipeline config, never checksummed).
+
+      desc_ce_weight: desc CE weight (Stage-1: 1.0).
+      coord_token_ce_weight: 1.0 when the coord loss is off (coord tokens stay in the base CE), else 0.0.
+    """
+
+    desc_ce_weight: float = bounded(1.0, ge=0)
+    coord_token_ce_weight: float = bounded(0.0, ge=0)
+
+    def table(self) -> CEWeightTable:
+        """The §4.3 weight table of this config."""
+        return CEWeightTable(desc_ce_weight=self.desc_ce_weight, coord_token_ce_weight=self.coord_token_ce_weight)
+
+
+def weighted_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor, types: torch.Tensor,
+                      ) -> dict[str, torch.Tensor]:
+    """Parts ``{struct, desc, coord}`` of ``Σ w·CE / max(Σ w, 1e-6)`` (unscaled).
+
+    ``logits [B, T, V]``; ``input_ids``, ``weights``, ``types`` ``[B, T]`` over input positions; CE of the token at
+    t uses ``logits[:, t−1]``; only positions with ``w > 0`` are gathered (no full-sequence log-softmax).
+    """
+    row, pos = torch.nonzero(weights > 0, as_tuple=True)
+    if row.numel() == 0:
+        zero = plain_zero(logits)
+        return {k: zero for k in _PART_KEYS}
+    if int(pos.min()) < 1:
+        raise RuntimeError("token_ce: a supervised token at position 0 has no predicting logits")
+    flat = logits.reshape(-1, logits.shape[-1]).index_select(0, row * logits.shape[1] + pos - 1)
+    z = sanitize_logits(flat.float())
+    ce = torch.nan_to_num(F.cross_entropy(z, input_ids[row, pos], reduction="none"))
+    w = weights[row, pos]
+    denom = w.sum().clamp_min(DENOM_FLOOR)
+    t = types[row, pos]
+    wce = w * ce
+    desc, coord = t == DESC, t == COORD
+    return {
+        "struct": wce.masked_fill(desc | coord, 0.0).sum() / denom,
+        "desc": wce.masked_fill(~desc, 0.0).sum() / denom,
+        "coord": wce.masked_fill(~coord, 0.0).sum() / denom,
+    }
+
+
+def _parts_from_gather(ctx: TeacherForcingContext, context: str, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Same parts as :func:`weighted_token_ce`, reading the context's cached fused gather (rows with w > 0)."""
+    flat_rows, rows, _ = ctx.gathered(context)
+    if flat_rows.numel() == 0:
+        zero = plain_zero(ctx.logits[context])
+        return {k: zero for k in _PART_KEYS}
+    target_flat = flat_rows + 1
+    ce = torch.nan_to_num(F.cross_entropy(sanitize_logits(rows.float()), ctx.input_ids.reshape(-1)[target_flat],
+                                          reduction="none"))
+    w = weights.reshape(-1)[target_flat]
+    t = ctx.layout.types.reshape(-1)[target_flat]
+    denom = w.sum().clamp_min(DENOM_FLOOR)
+    wce = w * ce
+    desc, coord = t == DESC, t == COORD
+    return {
+        "struct": wce.masked_fill(desc | coord, 0.0).sum() / denom,
+        "desc": wce.masked_fill(~desc, 0.0).sum() / denom,
+        "coord": wce.masked_fill(~coord, 0.0).sum() / denom,
+    }
+
+
+class TokenCEModule(PipelineModule):
+    """``token_ce`` (objective); see the module docstring."""
+
+    name: ClassVar[str] = "token_ce"
+    kind: ClassVar[str] = "objective"
+    config_classes: ClassVar[Mapping[str, type]] = {
+        "stage2_two_channel": TokenCETwoChannelConfig,
+        "stage2_rollout_aligned": TokenCEConfig,
+        "stage1": Stage1TokenCEConfig,
+    }
+
+    def __call__(self, ctx: TeacherForcingContext) -> ModuleOutput:
+        table = self.config.table()
+        terms: dict[str, torch.Tensor] = {}
+        breakdown: dict[str, torch.Tensor] = {}
+        total = plain_zero(next(iter(ctx.logits.values())))
+        for context in CONTEXTS:
+            if context not in ctx.logits:
+                continue
+            comp = table.component_weights(context)
+            w, scale = ctx.ce_weights(context, table)
+            if scale <= 0 or all(v <= 0 for v in comp.values()):
+                continue
+            if table == ctx.ce_table:
+                parts = _parts_from_gather(ctx, context, w)
+            else:
+                parts = weighted_token_ce(ctx.logits[context], ctx.input_ids, w, ctx.layout.types)
+            for part, value in parts.items():
+                if comp[part] <= 0:
+                    continue
+                value = value * scale
+                key = _PART_KEYS[part]
+                terms[key] = terms[key] + value if key in terms else value
+                total = total + value
+                if context == "self_context":
+                    breakdown[f"{key}/self_context"] = value
+        return ModuleOutput(loss=total, terms=terms, breakdown=breakdown)

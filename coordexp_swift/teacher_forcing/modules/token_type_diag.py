@@ -1,0 +1,49 @@
+"""``token_type_diag`` diagnostics: per-context counts of supervised tokens (CE weight > 0) by type.
+
+Keys ``token_type_diag/<context>/<type>_tokens_total`` (counters) for type in struct, desc, coord, eos, using the
+run's CE table (``ctx.ce_table``). Read-only: toggling it never changes the loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import torch
+
+from coordexp_swift.teacher_forcing.context import CONTEXTS, TeacherForcingContext
+from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule
+from coordexp_swift.teacher_forcing.token_types import TYPE_NAMES
+
+__all__ = ["EmptyDiagConfig", "TokenTypeDiagModule"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmptyDiagConfig:
+    """Diagnostics without config keys (``config: {}`` only)."""
+
+
+class TokenTypeDiagModule(PipelineModule):
+    """``token_type_diag`` (diagnostics); see the module docstring."""
+
+    name: ClassVar[str] = "token_type_diag"
+    kind: ClassVar[str] = "diagnostics"
+    config_classes: ClassVar[Mapping[str, type]] = {
+        "stage2_two_channel": EmptyDiagConfig,
+        "stage2_rollout_aligned": EmptyDiagConfig,
+        "stage1": EmptyDiagConfig,
+    }
+
+    @torch.no_grad()
+    def __call__(self, ctx: TeacherForcingContext) -> ModuleOutput:
+        metrics: dict[str, float] = {}
+        types = ctx.layout.types
+        for context in CONTEXTS:
+            if context not in ctx.logits:
+                continue
+            w, scale = ctx.ce_weights(context)
+            sup = (w > 0) & (scale > 0)
+            for code, name in TYPE_NAMES.items():
+                if name == "none":
+                    continue
+                metrics[f"token_type_diag/{context}/{name}_tokens_total"] = float((sup & (types == code)).sum())
+        return ModuleOutput(metrics=metrics)
