@@ -62,13 +62,14 @@ def stage1_masks(labels: torch.Tensor, coord_lut: torch.Tensor, im_end_id: int |
     return Stage1Masks(target=target, coord=coord, text=text, text_gate=gate, bins=bins)
 
 
-def base_ce_sum(logits: torch.Tensor, masks: Stage1Masks, include_coord: bool) -> torch.Tensor:
-    """Σ full-vocab CE over text targets (and coord targets iff ``include_coord``), fp32. [] tensor."""
+def per_token_ce(logits: torch.Tensor, masks: Stage1Masks, include_coord: bool) -> torch.Tensor:
+    """[B,T-1] fp32 full-vocab CE at text targets (and coord targets iff ``include_coord``), 0 elsewhere."""
     keep = masks.text | masks.coord if include_coord else masks.text
     tgt = torch.where(keep, masks.target, torch.full_like(masks.target, IGNORE_INDEX))
     lg = logits[:, :-1]
-    return F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
+                         reduction="none")
+    return ce.view(tgt.shape)
 
 
 def coord_term_sums(logits: torch.Tensor, masks: Stage1Masks, coord_ids: torch.Tensor,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from .swift_run import read_logging_jsonl, run_swift_sft, tiny_stage1_config
+from tests.integration.swift_run import read_logging_jsonl, run_swift_sft, tiny_stage1_config
 
 pytestmark = pytest.mark.integration
 
@@ -22,14 +22,17 @@ def test_stage1_swift_sft_logs_keys(tiny_model_dir, shapes_dir, tmp_path):
     steps = [r for r in read_logging_jsonl(out) if "loss" in r]
     assert len(steps) == 3
     for rec in steps:
-        for key in ("loss", "token_acc", "coord_token_acc", "text_token_acc", "loss/coord_reg",
-                    "loss/coord_reg/soft_ce", "loss/coord_reg/w1", "loss/coord_reg/coord_gate"):
+        for key in ("loss", "token_acc", "coord_token_acc", "text_token_acc", "loss/struct_ce", "loss/desc_ce",
+                    "loss/coord_reg", "loss/coord_reg/soft_ce", "loss/coord_reg/w1", "loss/coord_reg/coord_gate"):
             assert key in rec, (key, sorted(rec))
             assert math.isfinite(rec[key]), (key, rec[key])
         assert "loss/coord_token_ce" not in rec  # ce_weight defaults to 0.0 -> not emitted
-        # coord_reg is the sum of its emitted sub-terms (post-weighting contributions)
+        assert "loss/coord_reg/text_gate" not in rec  # text_gate_weight defaults to 0.0
+        # coord_reg is the sum of its emitted sub-terms; the components add up to the loss (SPEC 8.2)
         subs = sum(rec[k] for k in rec if k.startswith("loss/coord_reg/"))
         assert rec["loss/coord_reg"] == pytest.approx(subs, rel=1e-4)
+        total = rec["loss/struct_ce"] + rec["loss/desc_ce"] + rec["loss/coord_reg"]
+        assert rec["loss"] == pytest.approx(total, rel=1e-5)
     resolved = json.loads((out / "coordexp_config.json").read_text())
     assert resolved["variant"] == "stage1"
     assert resolved["custom"]["coord_soft_ce_w1"]["enabled"] is True
@@ -71,3 +74,19 @@ def test_out_of_range_bin_fails_with_file_line(tiny_model_dir, shapes_dir, tmp_p
     assert proc.returncode != 0
     log = proc.stdout + proc.stderr
     assert f"{bad}:3" in log and "objects[0]" in log and "norm1000 range 0..999" in log
+
+
+def test_plain_sft_keeps_coord_tokens_in_base_ce(tiny_model_dir, shapes_dir, tmp_path):
+    """seed 000 1.4 / SPEC 2.5: with the coord loss disabled the coord targets stay in the base CE, logged as
+    loss/coord_token_ce; no coord_reg keys; the three CE parts add up to the loss."""
+    out = tmp_path / "out"
+    cfg = tiny_stage1_config(tiny_model_dir, shapes_dir, out, max_steps=2,
+                             custom={"coord_soft_ce_w1": {"enabled": False}})
+    proc = run_swift_sft(cfg, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [r for r in read_logging_jsonl(out) if "loss" in r]
+    assert len(steps) == 2
+    for rec in steps:
+        assert not any(k.startswith("loss/coord_reg") for k in rec)
+        total = rec["loss/struct_ce"] + rec["loss/desc_ce"] + rec["loss/coord_token_ce"]
+        assert rec["loss"] == pytest.approx(total, rel=1e-5)
