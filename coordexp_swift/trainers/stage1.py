@@ -13,6 +13,7 @@ targets stay in the base CE and their part is logged as ``loss/coord_token_ce`` 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 
 import torch
@@ -29,6 +30,26 @@ logger = logging.getLogger("coordexp_swift")
 
 # Keys ms-swift's collator adds that the model forward must not see.
 NON_FORWARD_KEYS = ("labels", "compute_loss_func", "loss_scale", "text_position_ids", "channel")
+
+
+def desc_target_mask(masks: Stage1Masks, pieces: Sequence[str], coord_ids: torch.Tensor,
+                     im_end_id: int) -> torch.Tensor:
+    """[B,T-1] bool: supervised targets overlapping a desc value (SPEC §4.1), computed per contiguous supervised span
+    (so per segment on packed rows). ``pieces[id]`` is the decoded text of one token id."""
+    out = torch.zeros_like(masks.target, dtype=torch.bool)
+    sup = masks.text | masks.coord
+    for b in range(sup.shape[0]):
+        pos = torch.nonzero(sup[b]).reshape(-1)
+        if pos.numel() == 0:
+            continue
+        breaks = torch.nonzero(pos[1:] - pos[:-1] > 1).reshape(-1) + 1
+        for span in torch.tensor_split(pos, breaks.tolist()):
+            ids = masks.target[b, span].tolist()
+            span_pieces = [pieces[i] for i in ids]
+            types = partition_token_types(ids, offsets_from_pieces(span_pieces),
+                                          scan_coordjson("".join(span_pieces)).desc_value_spans, coord_ids, im_end_id)
+            out[b, span[types.to(span.device) == DESC]] = True
+    return out
 
 
 class Stage1Trainer(Seq2SeqTrainer):
@@ -75,24 +96,6 @@ class Stage1Trainer(Seq2SeqTrainer):
         self._window_counts = tuple(counts)
         return num_items
 
-    def desc_mask(self, masks: Stage1Masks) -> torch.Tensor:
-        """[B,T-1] bool: targets that overlap a desc value, per contiguous supervised span (segment-local)."""
-        out = torch.zeros_like(masks.target, dtype=torch.bool)
-        sup = masks.text | masks.coord
-        for b in range(sup.shape[0]):
-            pos = torch.nonzero(sup[b]).reshape(-1)
-            if pos.numel() == 0:
-                continue
-            breaks = torch.nonzero(pos[1:] - pos[:-1] > 1).reshape(-1) + 1
-            for span in torch.tensor_split(pos, breaks.tolist()):
-                ids = masks.target[b, span].tolist()
-                pieces = [self._pieces[i] for i in ids]
-                text = "".join(pieces)
-                types = partition_token_types(ids, offsets_from_pieces(pieces), scan_coordjson(text).desc_value_spans,
-                                              self.coord_ids, self.im_end_id)
-                out[b, span[types.to(span.device) == DESC]] = True
-        return out
-
     # --- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
@@ -119,7 +122,7 @@ class Stage1Trainer(Seq2SeqTrainer):
         (``"ce"``: base-CE targets, ``"coord"``: C, ``"gate"``: text-gate targets)."""
         w = self.weights
         ce = per_token_ce(logits, masks, include_coord=not self.coord_enabled)
-        desc = self.desc_mask(masks)
+        desc = desc_target_mask(masks, self._pieces, self.coord_ids, self.im_end_id)
         sums = {"loss/struct_ce": (ce[masks.text & ~desc].sum(), "ce"), "loss/desc_ce": (ce[desc].sum(), "ce")}
         if not self.coord_enabled:
             sums["loss/coord_token_ce"] = (ce[masks.coord].sum(), "ce")
