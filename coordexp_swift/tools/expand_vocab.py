@@ -31,7 +31,8 @@ def expand_vocab(src: str | Path, dst: str | Path, *, seed: int = 0) -> dict:
     processor = AutoProcessor.from_pretrained(src)
     tokenizer = processor.tokenizer
     literals = all_coord_tokens()
-    present = [t for t in literals if t in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()
+    present = [t for t in literals if t in vocab]
     if present:
         raise ValueError(f"{src} already has {len(present)} coord tokens (e.g. {present[0]}); nothing to expand")
     tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in literals])
