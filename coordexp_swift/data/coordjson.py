@@ -23,6 +23,7 @@ from coordexp_swift.data.records import GTObject, Record
 
 __all__ = [
     "FIELD_ORDERS",
+    "field_slots",
     "FieldOrder",
     "assistant_payload",
     "render_object",
@@ -40,7 +41,8 @@ FIELD_ORDERS: dict[str, tuple[str, str]] = {
 }
 
 
-def _order(field_order: str) -> tuple[str, str]:
+def field_slots(field_order: str) -> tuple[str, str]:
+    """Slot order (``"desc"``, ``"geometry"``) of ``custom.object_field_order``; ValueError naming the valid values."""
     try:
         return FIELD_ORDERS[field_order]
     except KeyError:
@@ -53,7 +55,7 @@ def _order(field_order: str) -> tuple[str, str]:
 def _ordered_fields(obj: GTObject, field_order: str, desc_value: Any, geometry_value: Any) -> list[tuple[str, Any]]:
     """``[(key, value), (key, value)]`` for ``desc`` and the geometry key, in ``field_order``."""
     slots = {"desc": ("desc", desc_value), "geometry": (obj.geometry, geometry_value)}
-    return [slots[name] for name in _order(field_order)]
+    return [slots[name] for name in field_slots(field_order)]
 
 
 def render_object(obj: GTObject, field_order: FieldOrder = "desc_first") -> str:
@@ -66,7 +68,7 @@ def render_object(obj: GTObject, field_order: FieldOrder = "desc_first") -> str:
 
 def render_objects(objects: Iterable[GTObject], field_order: FieldOrder = "desc_first") -> str:
     """The full canonical assistant text ``{"objects": [...]}`` (without ``<|im_end|>``), objects in given order."""
-    _order(field_order)
+    field_slots(field_order)
     return '{"objects": [' + ", ".join(render_object(o, field_order) for o in objects) + "]}"
 
 
@@ -81,7 +83,7 @@ def assistant_payload(objects: Sequence[GTObject], field_order: FieldOrder = "de
     Dict insertion order follows ``field_order``; geometry values are coord-token strings (4 for ``bbox_2d``,
     the flat list for ``poly``). Stage-2 reads its GT only from this payload.
     """
-    _order(field_order)
+    field_slots(field_order)
     out: list[dict[str, Any]] = [dict(_ordered_fields(o, field_order, o.desc, o.tokens())) for o in objects]
     return {"objects": out}
 

@@ -52,11 +52,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordexp_swift.coord.codec import COORD_TOKEN_RE, MAX_BIN  # accepts \d{1,4}; range-checked below
+from coordexp_swift.data.coordjson import field_slots
 
 __all__ = [
     "DROP_REASONS",
     "EMPTY_OPENER_TEXT",
-    "FIELD_ORDERS",
     "IM_END_TEXT",
     "DroppedRecord",
     "ParsedRollout",
@@ -84,12 +84,6 @@ DROP_REASONS: tuple[str, ...] = (
 #: The fallback prefix text of an invalid rollout (SPEC §10.1).
 EMPTY_OPENER_TEXT = '{"objects": ['
 IM_END_TEXT = "<|im_end|>"
-#: field order name -> key order of a valid record.
-FIELD_ORDERS: dict[str, tuple[str, str]] = {
-    "desc_first": ("desc", "bbox_2d"),
-    "geometry_first": ("bbox_2d", "desc"),
-}
-
 _OPENER_RE = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"objects"[ \t\n\r]*:[ \t\n\r]*\[')
 _WS = " \t\n\r"
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
@@ -100,13 +94,8 @@ Span = tuple[int, int]
 
 
 def _check_field_order(object_field_order: str) -> tuple[str, str]:
-    try:
-        return FIELD_ORDERS[object_field_order]
-    except KeyError:
-        raise ValueError(
-            f"unknown object_field_order {object_field_order!r} (custom.object_field_order); "
-            f"expected one of {', '.join(FIELD_ORDERS)}"
-        ) from None
+    """Key order of a valid (bbox-only) record for ``custom.object_field_order``."""
+    return tuple("bbox_2d" if slot == "geometry" else slot for slot in field_slots(object_field_order))
 
 
 # --------------------------------------------------------------------------------------------------------------
