@@ -62,14 +62,23 @@ def stage1_masks(labels: torch.Tensor, coord_lut: torch.Tensor, im_end_id: int |
     return Stage1Masks(target=target, coord=coord, text=text, text_gate=gate, bins=bins)
 
 
+def target_rows(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Rows ``logits[b, t]`` [N,V] for the N targets where ``mask`` [B,T-1] is set (position t predicts t+1), and
+    their ``(b, t)`` indices. Gathered by index, so backward writes a single full-size gradient buffer."""
+    b, t = mask.nonzero(as_tuple=True)
+    return logits[b, t], (b, t)
+
+
 def per_token_ce(logits: torch.Tensor, masks: Stage1Masks, include_coord: bool) -> torch.Tensor:
-    """[B,T-1] fp32 full-vocab CE at text targets (and coord targets iff ``include_coord``), 0 elsewhere."""
+    """[B,T-1] fp32 full-vocab CE at text targets (and coord targets iff ``include_coord``), 0 elsewhere.
+
+    Only supervised rows enter the CE, so non-finite logits in ignored rows cannot reach the gradient.
+    """
     keep = masks.text | masks.coord if include_coord else masks.text
-    tgt = torch.where(keep, masks.target, torch.full_like(masks.target, IGNORE_INDEX))
-    lg = logits[:, :-1]
-    ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
-                         reduction="none")
-    return ce.view(tgt.shape)
+    rows, idx = target_rows(logits, keep)
+    ce = F.cross_entropy(rows.float(), masks.target[idx], reduction="none")
+    out = torch.zeros(keep.shape, dtype=ce.dtype, device=ce.device)
+    return out.index_put(idx, ce)
 
 
 def coord_term_sums(logits: torch.Tensor, masks: Stage1Masks, coord_ids: torch.Tensor,
@@ -81,25 +90,27 @@ def coord_term_sums(logits: torch.Tensor, masks: Stage1Masks, coord_ids: torch.T
     want = {COORD_TERMS[k][0] for k in COORD_TERMS if getattr(w, k) > 0}
     if not want:
         return {}
-    full = logits[:, :-1][masks.coord]  # [N_c, V]
-    terms = coord_terms(full, coord_ids, masks.bins[masks.coord], temperature=w.temperature,
+    rows, idx = target_rows(logits, masks.coord)
+    terms = coord_terms(rows, coord_ids, masks.bins[idx], temperature=w.temperature,
                         sigma=w.target_sigma, truncate=w.target_truncate, want=want)
     return {name: terms[name].sum() for name in want}
 
 
 def text_gate_sum(logits: torch.Tensor, masks: Stage1Masks, coord_ids: torch.Tensor, temperature: float) -> torch.Tensor:
     """Σ text-gate over supervised non-coord, non-``<|im_end|>`` targets (SPEC §2.3). [] tensor."""
-    full = logits[:, :-1][masks.text_gate]
-    return text_gate(full, coord_ids, temperature).sum()
+    rows, _ = target_rows(logits, masks.text_gate)
+    return text_gate(rows, coord_ids, temperature).sum()
 
 
 @torch.no_grad()
 def token_accuracies(logits: torch.Tensor, masks: Stage1Masks) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(correct, count) of full-vocab argmax for ``token_acc`` (all supervised), ``coord_token_acc``, ``text_token_acc``."""
-    pred = sanitize_logits(logits[:, :-1]).argmax(-1)
-    hit = pred == masks.target
+    """(correct, count) of full-vocab argmax for ``token_acc`` (all supervised), ``coord_token_acc``, ``text_token_acc``.
+
+    The argmax runs on supervised rows only."""
+    sup = masks.text | masks.coord
+    rows, idx = target_rows(logits, sup)
+    hit = sanitize_logits(rows).argmax(-1) == masks.target[idx]
     out = {}
-    for key, mask in (("token_acc", masks.text | masks.coord), ("coord_token_acc", masks.coord),
-                      ("text_token_acc", masks.text)):
-        out[key] = ((hit & mask).sum(), mask.sum())
+    for key, mask in (("token_acc", sup), ("coord_token_acc", masks.coord), ("text_token_acc", masks.text)):
+        out[key] = ((hit & mask[idx]).sum(), mask.sum())
     return out

@@ -139,9 +139,9 @@ class Stage1Trainer(Seq2SeqTrainer):
 
     def _divide(self, sums: dict[str, tuple[torch.Tensor, str]], counts) -> dict[str, torch.Tensor]:
         """Contributions for token counts ``(text, coord, text_gate)``; base CE over text (+ coord when disabled)."""
-        n_text, n_coord, n_gate = (c.clamp(min=1).to(torch.float32) for c in counts)
+        n_text, n_coord, n_gate = (c.to(torch.float32) for c in counts)
         den = {"ce": n_text if self.coord_enabled else n_text + n_coord, "coord": n_coord, "gate": n_gate}
-        return {key: s / den[kind].to(s.device) for key, (s, kind) in sums.items()}
+        return {key: s / den[kind].clamp(min=1).to(s.device) for key, (s, kind) in sums.items()}
 
     def _log_stage1(self, logits, masks: Stage1Masks, parts: dict[str, torch.Tensor]) -> None:
         metrics = self.custom_metrics["train" if self.model.training else "eval"]
