@@ -30,6 +30,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/stage1.py
+	$(BIN)/python bench/registry.py
+	$(BIN)/python bench/eval.py
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

@@ -1,8 +1,15 @@
 """``coordexp-swift eval``: offline COCO bbox evaluation (SPEC §7.2).
 
-Mode implemented here: ``--pred_jsonl F --out_dir D [--iou_thrs T ...]`` evaluates an existing
-``gt_vs_pred.jsonl`` and writes ``metrics.json`` (metrics + counters + named malformed records),
-``per_class.csv``, ``per_image.json``, ``coco_gt.json`` and ``coco_preds.json`` into ``D``.
+Modes:
+
+- ``--pred_jsonl F --out_dir D [--iou_thrs T ...]`` evaluates an existing ``gt_vs_pred.jsonl`` and writes
+  ``metrics.json`` (metrics + counters + named malformed records), ``per_class.csv``, ``per_image.json``,
+  ``coco_gt.json`` and ``coco_preds.json`` into ``D``.
+- ``--model CKPT --jsonl VAL --out_dir D`` first generates (greedy) one response per record of ``VAL`` with the
+  checkpoint (:func:`coordexp_swift.eval.generate.generate_records`), writes ``D/gt_vs_pred.jsonl``, then evaluates
+  it as above. Prompt, system prompt, field order and template default to what the run used: they are read from
+  ``coordexp_config.json`` and ms-swift's ``args.json`` in the checkpoint dir or its run dir (the parent), and
+  ``--template`` / ``--user_prompt`` / ``--system_prompt`` / ``--object_field_order`` override them.
 
 Each mode is a ``_mode_<name>(args) -> int`` function chosen in :func:`main`; a generation mode adds its flags in
 :func:`build_parser` and its function to :data:`MODES`.
@@ -13,6 +20,7 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,7 +36,104 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "coco_gt.json, coco_preds.json (created if missing)")
     p.add_argument("--iou_thrs", type=float, nargs="+", default=None,
                    help="IoU thresholds averaged into AP/AR (default COCO 0.50:0.05:0.95)")
+    g = p.add_argument_group("generation mode (--model)")
+    g.add_argument("--model", help="full checkpoint dir to generate with (needs --jsonl)")
+    g.add_argument("--jsonl", help="coordexp JSONL (SPEC §1) whose records are generated for and evaluated")
+    g.add_argument("--template", help="ms-swift template (default: the run's `template` from args.json, "
+                                      "else qwen3_vl)")
+    g.add_argument("--user_prompt", help="default: the run's custom.user_prompt (coordexp_config.json)")
+    g.add_argument("--system_prompt", help="default: the run's custom.system_prompt")
+    g.add_argument("--object_field_order", choices=("desc_first", "geometry_first"),
+                   help="default: the run's custom.object_field_order")
+    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
+    g.add_argument("--batch_size", type=int, default=16)
+    g.add_argument("--max_new_tokens", type=int, default=512)
     return p
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What a checkpoint must be prompted with to match its training run (``custom.*`` + ms-swift ``template``).
+
+    ``sources``: the files the values were read from (empty when all came from flags / defaults)."""
+
+    template_type: str
+    user_prompt: str
+    system_prompt: str | None
+    object_field_order: str
+    max_pixels: int | None
+    sources: tuple[str, ...] = ()
+
+
+def _find_run_file(model_dir: Path, name: str) -> Path | None:
+    """``name`` in the checkpoint dir, else in its parent (ms-swift's run ``output_dir``), else None."""
+    for d in (model_dir, model_dir.parent):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def resolve_generation_settings(model_dir: str | Path, *, template_type: str | None = None,
+                                user_prompt: str | None = None, system_prompt: str | None = None,
+                                object_field_order: str | None = None) -> GenerationSettings:
+    """Prompting settings for ``model_dir``: explicit arguments win, then the run's ``coordexp_config.json``
+    (``custom.user_prompt`` / ``system_prompt`` / ``object_field_order``) and ``args.json`` (``template``,
+    ``max_pixels``), then the coordexp defaults (``DEFAULT_USER_PROMPT``, no system prompt, ``desc_first``,
+    ``qwen3_vl``). Raises ValueError when a run file exists but is not a JSON object."""
+    from coordexp_swift.config import DEFAULT_USER_PROMPT
+
+    model_dir = Path(model_dir)
+    sources: list[str] = []
+    custom: Mapping[str, Any] = {}
+    swift_args: Mapping[str, Any] = {}
+    for name in ("coordexp_config.json", "args.json"):
+        path = _find_run_file(model_dir, name)
+        if path is None:
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc}); fix or delete it, or pass the settings as flags") \
+                from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        sources.append(str(path))
+        if name == "coordexp_config.json":
+            custom = data.get("custom") or {}
+        else:
+            swift_args = data
+    max_pixels = swift_args.get("max_pixels")
+    return GenerationSettings(
+        template_type=template_type or str(swift_args.get("template") or "qwen3_vl"),
+        user_prompt=user_prompt if user_prompt is not None else str(custom.get("user_prompt") or DEFAULT_USER_PROMPT),
+        system_prompt=system_prompt if system_prompt is not None else custom.get("system_prompt"),
+        object_field_order=object_field_order or str(custom.get("object_field_order") or "desc_first"),
+        max_pixels=int(max_pixels) if isinstance(max_pixels, (int, float)) else None,
+        sources=tuple(sources),
+    )
+
+
+def generate_and_evaluate(model_dir: str | Path, jsonl: str | Path, out_dir: str | Path, *,
+                          settings: GenerationSettings | None = None, iou_thrs: Sequence[float] | None = None,
+                          batch_size: int = 16, max_new_tokens: int = 512, limit: int | None = None,
+                          progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Greedy rollouts of ``model_dir`` over ``jsonl`` → ``out_dir/gt_vs_pred.jsonl`` → :func:`evaluate_records`
+    → the five §7.2 files in ``out_dir``. Returns ``(records, result)``. ``settings`` default: the run's own
+    (:func:`resolve_generation_settings`)."""
+    from coordexp_swift.eval.coco_eval import evaluate_records
+    from coordexp_swift.eval.generate import generate_records
+
+    settings = settings or resolve_generation_settings(model_dir)
+    out = Path(out_dir)
+    pred_jsonl = out / "gt_vs_pred.jsonl"
+    records = generate_records(
+        model_dir, jsonl, out_jsonl=pred_jsonl, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        user_prompt=settings.user_prompt, system_prompt=settings.system_prompt,
+        object_field_order=settings.object_field_order, limit=limit, progress=progress,
+        template_type=settings.template_type, model_kwargs={"max_pixels": settings.max_pixels})
+    result = evaluate_records(records, iou_thrs)
+    write_outputs(result, out, source=str(pred_jsonl))
+    return records, result
 
 
 def write_outputs(result: Mapping[str, Any], out_dir: str | Path, source: str | None = None) -> dict[str, Path]:
@@ -86,8 +191,33 @@ def _mode_pred_jsonl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mode_model(args: argparse.Namespace) -> int:
+    if args.jsonl is None:
+        print("coordexp-swift eval: --model needs --jsonl (the records to generate for)", file=sys.stderr)
+        return 2
+    if not Path(args.model).is_dir():
+        print(f"coordexp-swift eval: --model {args.model}: not a directory (give a full checkpoint dir)",
+              file=sys.stderr)
+        return 2
+    try:
+        settings = resolve_generation_settings(args.model, template_type=args.template,
+                                               user_prompt=args.user_prompt, system_prompt=args.system_prompt,
+                                               object_field_order=args.object_field_order)
+        print(f"generation settings: template={settings.template_type} field_order={settings.object_field_order} "
+              f"prompt={settings.user_prompt!r} (from {', '.join(settings.sources) or 'flags/defaults'})")
+        _, result = generate_and_evaluate(args.model, args.jsonl, args.out_dir, settings=settings,
+                                          iou_thrs=args.iou_thrs, batch_size=args.batch_size,
+                                          max_new_tokens=args.max_new_tokens, limit=args.limit)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"coordexp-swift eval: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(result))
+    print(f"wrote gt_vs_pred.jsonl, {', '.join(OUTPUT_FILES)} to {args.out_dir}")
+    return 0
+
+
 # flag that selects the mode -> mode function
-MODES: dict[str, Callable[[argparse.Namespace], int]] = {"pred_jsonl": _mode_pred_jsonl}
+MODES: dict[str, Callable[[argparse.Namespace], int]] = {"pred_jsonl": _mode_pred_jsonl, "model": _mode_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

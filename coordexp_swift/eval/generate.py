@@ -102,6 +102,7 @@ def generate_records(
     seed: int = 0,
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
+    template_type: str = "qwen3_vl",
 ) -> list[dict[str, Any]]:
     """Generate a response for every record of ``jsonl`` and return (and write) the §7.2 records.
 
@@ -115,6 +116,8 @@ def generate_records(
         limit: evaluate only the first ``limit`` records.
         backend: any rollout backend (default HF); ``seed``: seed base for sampling ``decode`` options.
         progress: show a tqdm progress bar over samples.
+        template_type: the run's ms-swift ``template`` (``qwen3_vl``; ``qwen3_vl_compact`` for the compact tiny
+            model); a ``template_type`` in ``model_kwargs`` wins.
     """
     pairs = load_eval_rows(jsonl, user_prompt=user_prompt, system_prompt=system_prompt,
                            object_field_order=object_field_order, limit=limit)
@@ -124,7 +127,8 @@ def generate_records(
             raise ValueError("generate_records: pass model_dir (a checkpoint directory) or backend")
         from coordexp_swift.rollout.hf_backend import HFRolloutBackend
 
-        backend = HFRolloutBackend.from_pretrained(model_dir, **dict(model_kwargs or {}))
+        backend = HFRolloutBackend.from_pretrained(model_dir, **{"template_type": template_type,
+                                                                 **dict(model_kwargs or {})})
     out_fh = None
     if out_jsonl is not None:
         Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)

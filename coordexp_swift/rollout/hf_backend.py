@@ -44,9 +44,15 @@ def load_model_and_template(
     max_pixels: int | None = None,
 ) -> tuple[Any, Any]:
     """Load a full checkpoint and its ms-swift template exactly as ``swift sft`` does (``--model_type qwen3_vl
-    --template qwen3_vl``; pass the training ``max_pixels`` if it was set). Returns ``(model, template)``."""
+    --template <template_type>``; pass the training ``max_pixels`` if it was set). ``template_type`` is the run's
+    ``template`` (``qwen3_vl``, or ``qwen3_vl_compact`` for the compact tiny model, registered here on demand).
+    Returns ``(model, template)``."""
     from swift.model import get_model_processor
     from swift.template import get_template
+
+    from coordexp_swift.compact_template import register_compact_template
+
+    register_compact_template()  # idempotent; makes `qwen3_vl_compact` resolvable outside `swift sft`
 
     model, processor = get_model_processor(str(model_dir), model_type=model_type, torch_dtype=torch_dtype,
                                            device_map=device_map, load_model=True)
