@@ -1,6 +1,8 @@
 """Pipeline config, default manifest, identity/checksum, manifest file, registry discovery (SPEC §6)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import copy
 import hashlib
 import json
@@ -20,7 +22,7 @@ from coordexp_swift.teacher_forcing import (
 )
 from coordexp_swift.teacher_forcing.pipeline import MANIFEST_FILENAME
 
-GOLDEN = "/work/shared/golden/pipeline_manifest_{}.json"
+GOLDEN = str(Path(__file__).resolve().parents[1] / "golden" / "pipeline_manifest_{}.json")
 CHECKSUMS = {"two_channel": "7ac21c5c36850a970028595ba9863045f7a3e175914098f89e1b7ef9cf380e34",
              "rollout_aligned": "62c3a17870bf9bc9750e947fbb053286c5b983e8350138c721940395468124e9"}
 TWO, RA = "stage2_two_channel", "stage2_rollout_aligned"
