@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "coco_gt.json, coco_preds.json (created if missing)")
     p.add_argument("--iou_thrs", type=float, nargs="+", default=None,
                    help="IoU thresholds averaged into AP/AR (default COCO 0.50:0.05:0.95)")
+    p.add_argument("--overlays", type=int, default=8, metavar="N",
+                   help="draw GT (green) and predicted (red) boxes of the first N images to overlays.png (0: none)")
+    p.add_argument("--image_root", default=None,
+                   help="directory relative image paths are resolved against (default: the --pred_jsonl's directory)")
     g = p.add_argument_group("generation mode (--model)")
     g.add_argument("--model", help="full checkpoint dir to generate with (needs --jsonl)")
     g.add_argument("--jsonl", help="coordexp JSONL (SPEC §1) whose records are generated for and evaluated")
@@ -174,6 +178,20 @@ def format_summary(result: Mapping[str, Any], max_problems: int = 5) -> str:
     return "\n".join(lines)
 
 
+def write_overlays(records: Sequence[Mapping[str, Any]], image_root: str | Path, out_dir: str | Path,
+                   n: int) -> Path | None:
+    """``out_dir/overlays.png`` with the first ``n`` records (None if ``n`` is 0 or nothing is drawable)."""
+    from coordexp_swift.eval.visualize import draw_overlays
+
+    if n <= 0:
+        return None
+    try:
+        return draw_overlays(records, image_root, Path(out_dir) / "overlays.png", max_images=n)
+    except ValueError as exc:
+        print(f"coordexp-swift eval: no overlays ({exc})", file=sys.stderr)
+        return None
+
+
 def _mode_pred_jsonl(args: argparse.Namespace) -> int:
     from coordexp_swift.eval.coco_eval import evaluate_records
     from coordexp_swift.eval.records_io import read_gt_vs_pred
@@ -186,8 +204,10 @@ def _mode_pred_jsonl(args: argparse.Namespace) -> int:
         print(f"coordexp-swift eval: {exc}", file=sys.stderr)
         return 2
     paths = write_outputs(result, args.out_dir, source=read.path)
+    overlay = write_overlays(read.records, args.image_root or Path(args.pred_jsonl).parent, args.out_dir,
+                             args.overlays)
     print(format_summary(result))
-    print(f"wrote {', '.join(paths)} to {args.out_dir}")
+    print(f"wrote {', '.join(paths)}{', overlays.png' if overlay else ''} to {args.out_dir}")
     return 0
 
 
@@ -205,14 +225,15 @@ def _mode_model(args: argparse.Namespace) -> int:
                                                object_field_order=args.object_field_order)
         print(f"generation settings: template={settings.template_type} field_order={settings.object_field_order} "
               f"prompt={settings.user_prompt!r} (from {', '.join(settings.sources) or 'flags/defaults'})")
-        _, result = generate_and_evaluate(args.model, args.jsonl, args.out_dir, settings=settings,
-                                          iou_thrs=args.iou_thrs, batch_size=args.batch_size,
-                                          max_new_tokens=args.max_new_tokens, limit=args.limit)
+        records, result = generate_and_evaluate(args.model, args.jsonl, args.out_dir, settings=settings,
+                                                iou_thrs=args.iou_thrs, batch_size=args.batch_size,
+                                                max_new_tokens=args.max_new_tokens, limit=args.limit)
     except (FileNotFoundError, ValueError) as exc:
         print(f"coordexp-swift eval: {exc}", file=sys.stderr)
         return 2
+    overlay = write_overlays(records, args.image_root or Path(args.jsonl).parent, args.out_dir, args.overlays)
     print(format_summary(result))
-    print(f"wrote gt_vs_pred.jsonl, {', '.join(OUTPUT_FILES)} to {args.out_dir}")
+    print(f"wrote gt_vs_pred.jsonl, {', '.join(OUTPUT_FILES)}{', overlays.png' if overlay else ''} to {args.out_dir}")
     return 0
 
 

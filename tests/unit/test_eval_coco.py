@@ -190,7 +190,13 @@ def test_cli_writes_five_files_and_names_bad_lines(tmp_path: Path, capsys) -> No
     out = tmp_path / "out"
     assert eval_main(["--pred_jsonl", str(src), "--out_dir", str(out), "--iou_thrs", "0.5", "0.75"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["metrics.json", "per_class.csv", "per_image.json", "coco_gt.json", "coco_preds.json"])
+        ["metrics.json", "per_class.csv", "per_image.json", "coco_gt.json", "coco_preds.json", "overlays.png"])
+    from PIL import Image
+
+    assert Image.open(out / "overlays.png").size[0] > 0  # images absent -> grey canvases, still drawn
+    bare = tmp_path / "bare"
+    assert eval_main(["--pred_jsonl", str(src), "--out_dir", str(bare), "--overlays", "0"]) == 0
+    assert "overlays.png" not in {p.name for p in bare.iterdir()}
     summary = json.loads((out / "metrics.json").read_text())
     # cat AP = 2/3 (see the FP test), dog AP = 1 → mean over classes 5/6 at both thresholds
     assert summary["metrics"]["bbox_AP"] == pytest.approx(5 / 6)
