@@ -144,12 +144,16 @@ class Stage1Trainer(Seq2SeqTrainer):
         return {key: s / den[kind].clamp(min=1).to(s.device) for key, (s, kind) in sums.items()}
 
     def _log_stage1(self, logits, masks: Stage1Masks, parts: dict[str, torch.Tensor]) -> None:
+        """Loss parts, their ``loss/coord_reg`` sum and the accuracies, moved to the host in ONE transfer."""
         metrics = self.custom_metrics["train" if self.model.training else "eval"]
-        for key, val in parts.items():
-            metrics[key].update(val.detach())
-        reg = [v.detach() for k, v in parts.items() if k.startswith("loss/coord_reg/")]
-        if reg:
-            metrics["loss/coord_reg"].update(torch.stack(reg).sum())
-        for key, (hit, n) in token_accuracies(logits, masks).items():
-            if int(n) > 0:
-                metrics[key].update(hit.float() / n)
+        reg = [v for k, v in parts.items() if k.startswith("loss/coord_reg/")]
+        values = dict(parts, **({"loss/coord_reg": torch.stack(reg).sum()} if reg else {}))
+        accs = token_accuracies(logits, masks)
+        flat = torch.stack([v.detach().float() for v in values.values()]
+                           + [x.float() for hit_n in accs.values() for x in hit_n]).tolist()
+        for key, val in zip(values, flat):
+            metrics[key].update(val)
+        for i, key in enumerate(accs):
+            hit, n = flat[len(values) + 2 * i: len(values) + 2 * i + 2]
+            if n > 0:  # no coord targets in this micro-batch: the key is not observed, not logged as 0
+                metrics[key].update(hit / n)

@@ -151,14 +151,7 @@ def test_project_to_grid_r256_and_w_minus_1():
 
 def test_codec_module_imports_only_re_math_torch():
     """SPEC §1.2 layering: coord/codec.py imports only re, math and torch."""
-    import ast
-    import inspect
+    from tests.layering import top_level_imports
 
-    tree = ast.parse(inspect.getsource(codec))
-    mods = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            mods |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
-            mods.add((node.module or "").split(".")[0])
+    mods = top_level_imports(codec)
     assert mods <= {"re", "math", "torch"}, mods

@@ -504,17 +504,9 @@ def test_edge_target_minimiser_does_not_drift_to_the_edge(one_thread):
 
 def test_losses_import_only_torch_and_math():
     """Layering (ARCHITECTURE §2): losses/coord_dist.py and losses/bbox.py import only torch and math."""
-    import ast
-    import inspect
-
     from coordexp_swift.losses import bbox
+    from tests.layering import top_level_imports
 
     for mod in (cd, bbox):
-        tree = ast.parse(inspect.getsource(mod))
-        mods = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                mods |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
-                mods.add((node.module or "").split(".")[0])
+        mods = top_level_imports(mod)
         assert mods <= {"torch", "math"}, (mod.__name__, mods)

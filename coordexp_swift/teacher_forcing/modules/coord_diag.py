@@ -18,7 +18,7 @@ from coordexp_swift.coord.codec import MAX_BIN, NUM_BINS
 from coordexp_swift.teacher_forcing import st
 from coordexp_swift.teacher_forcing.context import CONTEXTS, TeacherForcingContext
 from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule
-from coordexp_swift.teacher_forcing.modules.token_type_diag import EmptyDiagConfig
+from coordexp_swift.teacher_forcing.modules.token_type_diag import DIAG_CONFIG_CLASSES
 
 __all__ = ["CoordDiagModule", "coord_slot_stats"]
 
@@ -55,11 +55,7 @@ class CoordDiagModule(PipelineModule):
 
     name: ClassVar[str] = "coord_diag"
     kind: ClassVar[str] = "diagnostics"
-    config_classes: ClassVar[Mapping[str, type]] = {
-        "stage2_two_channel": EmptyDiagConfig,
-        "stage2_rollout_aligned": EmptyDiagConfig,
-        "stage1": EmptyDiagConfig,
-    }
+    config_classes: ClassVar[Mapping[str, type]] = DIAG_CONFIG_CLASSES
 
     @torch.no_grad()
     def __call__(self, ctx: TeacherForcingContext) -> ModuleOutput:

@@ -14,7 +14,7 @@ from coordexp_swift.teacher_forcing.context import CONTEXTS, TeacherForcingConte
 from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule
 from coordexp_swift.teacher_forcing.token_types import TYPE_NAMES
 
-__all__ = ["EmptyDiagConfig", "TokenTypeDiagModule"]
+__all__ = ["DIAG_CONFIG_CLASSES", "EmptyDiagConfig", "TokenTypeDiagModule"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -22,16 +22,20 @@ class EmptyDiagConfig:
     """Diagnostics without config keys (``config: {}`` only)."""
 
 
+#: variant -> config class of a diagnostics module without config keys (shared by the built-in diagnostics).
+DIAG_CONFIG_CLASSES: Mapping[str, type] = {
+    "stage2_two_channel": EmptyDiagConfig,
+    "stage2_rollout_aligned": EmptyDiagConfig,
+    "stage1": EmptyDiagConfig,
+}
+
+
 class TokenTypeDiagModule(PipelineModule):
     """``token_type_diag`` (diagnostics); see the module docstring."""
 
     name: ClassVar[str] = "token_type_diag"
     kind: ClassVar[str] = "diagnostics"
-    config_classes: ClassVar[Mapping[str, type]] = {
-        "stage2_two_channel": EmptyDiagConfig,
-        "stage2_rollout_aligned": EmptyDiagConfig,
-        "stage1": EmptyDiagConfig,
-    }
+    config_classes: ClassVar[Mapping[str, type]] = DIAG_CONFIG_CLASSES
 
     @torch.no_grad()
     def __call__(self, ctx: TeacherForcingContext) -> ModuleOutput:
