@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,12 @@ from tests.integration.swift_run import read_logging_jsonl, run_swift_sft, tiny_
 pytestmark = pytest.mark.integration
 
 MODEL_LOAD_MARKER = "model_info"  # ms-swift logs this right after the model is built
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "stage1_frozen_swift.json"
+# Batch size 1 (ms-swift compacts labels/logits to the supervised positions), GA 2 (window denominators), every
+# coord term on. Its logs were frozen before Stage-1 moved onto the registry modules (tests/golden/README.md).
+FROZEN_RUN = dict(per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=2, custom={
+    "coord_soft_ce_w1": {"enabled": True, "ce_weight": 0.5, "soft_ce_weight": 1.0, "w1_weight": 2.0,
+                         "gate_weight": 0.5, "text_gate_weight": 0.2, "target_sigma": 1.5}})
 
 
 def test_stage1_swift_sft_logs_keys(tiny_model_dir, shapes_dir, tmp_path):
@@ -90,3 +97,19 @@ def test_plain_sft_keeps_coord_tokens_in_base_ce(tiny_model_dir, shapes_dir, tmp
         assert not any(k.startswith("loss/coord_reg") for k in rec)
         total = rec["loss/struct_ce"] + rec["loss/desc_ce"] + rec["loss/coord_token_ce"]
         assert rec["loss"] == pytest.approx(total, rel=1e-5)
+
+
+def test_stage1_logs_unchanged_by_the_registry_refactor(tiny_model_dir, shapes_dir, tmp_path):
+    """seed 002 7B.1: a real `swift sft` Stage-1 run (batch 1 compacted by ms-swift's logits_to_keep, GA 2, all coord
+    terms) logs the same loss, grad_norm, loss parts and accuracies as the pre-registry implementation did
+    (frozen in tests/golden/stage1_frozen_swift.json; rel 1e-4 leaves room for CPU BLAS differences only)."""
+    out = tmp_path / "out"
+    proc = run_swift_sft(tiny_stage1_config(tiny_model_dir, shapes_dir, out, **FROZEN_RUN), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [r for r in read_logging_jsonl(out) if "loss" in r]
+    frozen = json.loads(GOLDEN.read_text())
+    assert len(steps) == len(frozen)
+    for got, want in zip(steps, frozen):
+        assert sorted(k for k in got if k in want) == sorted(want)
+        for key, val in want.items():
+            assert got[key] == pytest.approx(val, rel=1e-4, abs=1e-7), key
