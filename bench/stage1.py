@@ -1,8 +1,9 @@
 """Benchmark: cost of the Stage-1 objective (SPEC §2) against plain cross-entropy, measured in one process.
 
-(a) Coord loss alone: forward + backward of ``coord_term_sums`` (soft_ce + w1 + coord_gate, default weights, exactly
-    as ``Stage1Trainer`` calls it on ``[1, T, V]`` logits and its masks) over N coord positions at the tiny model's
-    real vocabulary (152,669), vs full-vocab ``F.cross_entropy`` on the same positions. Target ratio <= 1.25.
+(a) Coord loss alone: forward + backward of the Stage-1 objective (``teacher_forcing.stage1.Stage1Objective``,
+    default weights: soft_ce + w1 + coord_gate through the registry's ``coord_reg``; context built from the labels
+    included) on ``[1, T, V]`` logits whose N targets are all coord tokens, at the tiny model's real vocabulary
+    (152,669), vs full-vocab ``F.cross_entropy`` on the same positions. Target ratio <= 1.25.
 (b) One training step on the tiny real-vocabulary Qwen3-VL and a batch of real shapes samples encoded with the
     ms-swift ``qwen3_vl`` template: forward + ``Stage1Trainer.compute_loss`` (every emitted term, token-type split
     and metric logging included) + backward, vs forward + token-mean CE over all supervised targets + backward.
@@ -32,8 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from coordexp_swift.coord.codec import NUM_BINS
-from coordexp_swift.coord.vocab import coord_token_ids, id_to_bin_lookup
-from coordexp_swift.losses.stage1 import IGNORE_INDEX, Stage1Weights, coord_term_sums, stage1_masks
+from coordexp_swift.config.custom import CoordSoftCEW1Config
+from coordexp_swift.coord.vocab import coord_token_ids
+from coordexp_swift.losses.stage1 import IGNORE_INDEX, stage1_masks
+from coordexp_swift.teacher_forcing.stage1 import Stage1Objective
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stage1.json"
 TARGET_COORD_LOSS = 1.25
@@ -55,21 +58,26 @@ def _paired_medians(cand: Callable[[], None], base: Callable[[], None], reps: in
 
 
 # ----------------------------------------------------------------------------------------------- (a) coord loss
-def bench_coord_loss(coord_ids: torch.Tensor, vocab: int, n_pos: int, reps: int, warmup: int) -> dict[str, Any]:
+def _objective(tokenizer: Any, vocab: int) -> Stage1Objective:
+    """Stage-1 objective at the default weights (soft_ce 1, w1 1, coord_gate 1; ce_weight 0, text_gate 0)."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
+                                    clean_up_tokenization_spaces=False)
+    return Stage1Objective(CoordSoftCEW1Config(enabled=True), coord_ids=coord_token_ids(tokenizer),
+                           vocab_size=vocab, eos_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pieces=pieces)
+
+
+def bench_coord_loss(objective: Stage1Objective, vocab: int, n_pos: int, reps: int, warmup: int) -> dict[str, Any]:
     """Logits ``[1, n_pos + 1, vocab]`` whose first ``n_pos`` positions all predict coord tokens."""
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(1, n_pos + 1, vocab, generator=g) * 2).requires_grad_()
     bins = torch.randint(0, NUM_BINS, (n_pos,), generator=g)
     labels = torch.full((1, n_pos + 1), IGNORE_INDEX)
-    labels[0, 1:] = coord_ids[bins]
-    masks = stage1_masks(labels, id_to_bin_lookup(coord_ids, vocab), None)
-    w = Stage1Weights()  # soft_ce 1, w1 1, coord_gate 1 (ce_weight 0, text_gate 0)
+    labels[0, 1:] = objective.coord_ids[bins]
     targets = labels[0, 1:]
 
     def coord() -> None:
         logits.grad = None
-        sums = coord_term_sums(logits, masks, coord_ids, w)
-        (sums["soft_ce"] + sums["w1"] + sums["coord_gate"]).div(n_pos).backward()
+        objective(logits, labels).loss.backward()
 
     def full_ce() -> None:
         logits.grad = None
@@ -94,12 +102,8 @@ def _bare_trainer(model: Any, tokenizer: Any) -> Any:
     t.args = types.SimpleNamespace(average_tokens_across_devices=True, world_size=1, n_gpu=1, process_index=0)
     t.accelerator = types.SimpleNamespace(num_processes=1, parallelism_config=None)
     t.model_accepts_loss_kwargs = True
-    t.model, t.coord_enabled, t.weights = model, True, Stage1Weights()
-    t.coord_ids = coord_token_ids(tokenizer)
-    t.coord_lut = id_to_bin_lookup(t.coord_ids, model.get_output_embeddings().weight.shape[0])
-    t.im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    t._pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False)
+    t.model = model
+    t.objective = _objective(tokenizer, model.get_output_embeddings().weight.shape[0])
     t._window_counts = None
     t.custom_metrics = {"train": defaultdict(_Meter), "eval": defaultdict(_Meter)}
     return t
@@ -138,7 +142,7 @@ def bench_step(model_dir: Path, shapes_dir: Path, batch: int, reps: int, warmup:
                         ignore_index=IGNORE_INDEX).backward()
 
     t_s, t_p = _paired_medians(stage1, plain, reps, warmup)
-    m = stage1_masks(labels, trainer.coord_lut, trainer.im_end_id)
+    m = stage1_masks(labels, trainer.objective.coord_lut, trainer.objective.eos_id)
     return {"batch": batch, "seq_len": int(labels.shape[1]), "coord_targets": int(m.coord.sum()),
             "text_targets": int(m.text.sum()), "vocab": int(model.get_output_embeddings().weight.shape[0]),
             "stage1_step_s": t_s, "plain_ce_step_s": t_p, "ratio": t_s / t_p, "target": TARGET_STEP}
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tok = AutoTokenizer.from_pretrained(model_dir)
         vocab = len(tok)
-        a = bench_coord_loss(coord_token_ids(tok), vocab, args.positions, args.reps, args.warmup)
+        a = bench_coord_loss(_objective(tok, vocab), vocab, args.positions, args.reps, args.warmup)
         b = bench_step(model_dir, shapes_dir, args.batch, args.reps, args.warmup)
     load_after = os.getloadavg()
 

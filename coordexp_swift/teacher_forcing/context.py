@@ -22,6 +22,8 @@ from coordexp_swift.teacher_forcing.token_types import COORD, DESC, EOS, NONE, S
 
 __all__ = [
     "CONTEXTS",
+    "DENOMINATORS",
+    "DENOM_FLOOR",
     "SUBSET_NAMES",
     "BoxGroupsView",
     "CEWeightTable",
@@ -35,6 +37,10 @@ __all__ = [
 CONTEXTS: tuple[str, ...] = ("gt", "self_context", "rollout")
 SUB_NONE, SUB_MATCHED, SUB_FP, SUB_FN = 0, 1, 2, 3
 SUBSET_NAMES: dict[int, str] = {SUB_NONE: "none", SUB_MATCHED: "matched", SUB_FP: "fp", SUB_FN: "fn"}
+#: Names of the token/slot means a caller may give global denominators for: ``token_ce`` (Σ CE weights),
+#: ``coord`` (coord slots of ``coord_reg``), ``text_gate`` (text-gate positions).
+DENOMINATORS: tuple[str, ...] = ("token_ce", "coord", "text_gate")
+DENOM_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,9 @@ class TeacherForcingContext:
       ce_table: the run's §4.3 weights (the executor sets it from the ``token_ce`` config); ``text_gate`` and
         ``token_type_diag`` use it for "positions with CE weight > 0".
       coord_embeddings: optional ``E_c [NUM_BINS, H]`` (for the ``st_embed_gap`` diagnostic only).
+      denominators: optional ``{name: count}`` (names in :data:`DENOMINATORS`) replacing the local denominator of
+        that mean in every module (Stage-1: counts over the accumulation window and ranks, SPEC §2.3); only with a
+        single logits context. ``None``: every mean is local to this micro-batch (SPEC §4.2).
     Raises ``RuntimeError`` when logits and ids disagree in ``[B, T]`` or meta does not fit the batch.
     """
 
@@ -256,6 +265,7 @@ class TeacherForcingContext:
     packed: bool = False
     ce_table: CEWeightTable = field(default_factory=CEWeightTable)
     coord_embeddings: Optional[torch.Tensor] = None
+    denominators: Optional[Mapping[str, torch.Tensor]] = None
 
     def __post_init__(self) -> None:
         if self.channel not in ("A", "B"):
@@ -271,6 +281,11 @@ class TeacherForcingContext:
                                    f"{tuple(self.input_ids.shape)} in [B, T] (sliced logits?)")
         if self.coord_ids.shape != (NUM_BINS,):
             raise RuntimeError(f"coord_ids must be [{NUM_BINS}], got {tuple(self.coord_ids.shape)}")
+        if self.denominators is not None:
+            unknown = sorted(set(self.denominators) - set(DENOMINATORS))
+            if unknown or len(self.logits) != 1:
+                raise RuntimeError(f"denominators need names in {DENOMINATORS} and one logits context; got "
+                                   f"{sorted(self.denominators)} with contexts {sorted(self.logits)}")
         object.__setattr__(self, "meta", tuple(self.meta))
         _segment_starts(self.meta, self.packed, tuple(self.input_ids.shape))
 
@@ -279,6 +294,13 @@ class TeacherForcingContext:
     def layout(self) -> Layout:
         """Dense views built once per context object."""
         return build_layout(self.meta, self.packed, tuple(self.input_ids.shape), self.input_ids.device)
+
+    def mean(self, name: str, total: torch.Tensor, local_count: torch.Tensor | int | float) -> torch.Tensor:
+        """``total / count`` for the mean ``name`` (:data:`DENOMINATORS`): count = the caller's denominator when
+        given, else ``local_count``; floored at :data:`DENOM_FLOOR` (so an empty mean is 0)."""
+        given = self.denominators.get(name) if self.denominators is not None else None
+        count = local_count if given is None else given
+        return total / torch.as_tensor(count, dtype=torch.float32, device=total.device).clamp_min(DENOM_FLOOR)
 
     def with_ce_table(self, table: CEWeightTable) -> "TeacherForcingContext":
         """A copy with another CE table that shares the cached layout."""

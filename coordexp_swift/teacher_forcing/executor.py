@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -33,11 +34,22 @@ CONTRIBUTION_KEYS: tuple[str, ...] = ("loss/struct_ce", "loss/desc_ce", "loss/co
 @dataclass(frozen=True)
 class PipelineResult:
     """``total``: scalar loss (graph-connected); ``terms``: post-weighting contribution tensors (sum to ``total``);
-    ``metrics``: every emitted key -> Python float (contributions, breakdowns, diagnostics, failure counters)."""
+    ``breakdown``: post-weighting breakdown tensors; ``diagnostics``: diagnostics values and failure counters;
+    ``denominators``: key -> mean name (``ModuleOutput.denominators``). ``metrics`` (computed on first access, in
+    one device-to-host transfer): every emitted key -> Python float."""
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    breakdown: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    denominators: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def metrics(self) -> dict[str, float]:
+        emitted = {**self.terms, **self.breakdown}
+        values = torch.stack([v.detach().float().to(self.total.device) for v in emitted.values()]).tolist() \
+            if emitted else []
+        return {**dict(zip(emitted, values)), **self.diagnostics}
 
 
 def settings_from_config(cfg: object) -> RunSettings:
@@ -76,6 +88,7 @@ class ObjectivePipeline:
         total = torch.zeros((), dtype=torch.float32, device=ctx.input_ids.device)
         terms: dict[str, torch.Tensor] = {}
         breakdown: dict[str, torch.Tensor] = {}
+        denominators: dict[str, str] = {}
         for entry, module in self._objective:
             if not self._runs(entry, ctx.channel) or entry.weight <= 0:
                 continue
@@ -87,15 +100,17 @@ class ObjectivePipeline:
                 terms[key] = terms[key] + entry.weight * value if key in terms else entry.weight * value
             for key, value in out.breakdown.items():
                 breakdown[key] = breakdown[key] + entry.weight * value if key in breakdown else entry.weight * value
+            denominators.update(out.denominators)
         first = next(iter(ctx.logits.values()))
         if not total.requires_grad and first.requires_grad:  # nothing supervised: still a backward-able exact 0.0
             total = total + graph_zero(first)
-        metrics = {k: float(v.detach()) for k, v in {**terms, **breakdown}.items()}
+        diagnostics: dict[str, float] = {}
         for entry, module in self._diagnostics:
             if not self._runs(entry, ctx.channel) or entry.name in self.disabled_diagnostics:
                 continue
-            metrics.update(self._run_diagnostic(entry, module, ctx))
-        return PipelineResult(total=total, terms=terms, metrics=metrics)
+            diagnostics.update(self._run_diagnostic(entry, module, ctx))
+        return PipelineResult(total=total, terms=terms, breakdown=breakdown, diagnostics=diagnostics,
+                              denominators=denominators)
 
     def _run_diagnostic(self, entry: PipelineEntry, module: PipelineModule,
                         ctx: TeacherForcingContext) -> dict[str, float]:

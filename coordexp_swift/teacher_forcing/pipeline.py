@@ -22,7 +22,7 @@ from coordexp_swift.config.custom import (
     VARIANT_STAGE1,
     VARIANT_STAGE2_ROLLOUT_ALIGNED,
     VARIANT_STAGE2_TWO_CHANNEL,
-    CustomConfig,
+    CoordSoftCEW1Config,
 )
 from coordexp_swift.config.strict import build_strict, check_unknown_keys, to_jsonable
 from coordexp_swift.teacher_forcing.registry import ModuleSpec, available_names, module_registry
@@ -300,7 +300,7 @@ def default_manifest(cfg: Any) -> PipelineManifest:
     """§6.3 manifest for a Stage-2 ``CoordExpConfig`` whose pipeline is omitted."""
     if cfg.variant not in _DEFAULT_OBJECTIVES:
         raise ValueError(f"custom.trainer_variant {cfg.variant!r} has no objective pipeline (Stage-2 only); "
-                         f"use stage1_manifest(custom) for Stage-1")
+                         f"use stage1_manifest(custom.coord_soft_ce_w1) for Stage-1")
     diag = _entry("coord_diag", _config("coord_diag", cfg.variant, {}))
     return PipelineManifest(variant=cfg.variant, objective=tuple(_DEFAULT_OBJECTIVES[cfg.variant](cfg)),
                             diagnostics=(diag,), extra=pipeline_extra(cfg), authored=False)
@@ -320,10 +320,9 @@ def resolve_pipeline(cfg: Any) -> PipelineManifest:
     return parse_pipeline(raw, cfg.variant, pipeline_extra(cfg))
 
 
-def stage1_manifest(custom: CustomConfig) -> PipelineManifest:
-    """Stage-1 objective as registry modules (context ``gt``): ``token_ce`` (desc 1; coord tokens in the CE iff
-    the coord loss is off) and, when ``custom.coord_soft_ce_w1.enabled``, ``coord_reg`` with its weights."""
-    soft = custom.coord_soft_ce_w1
+def stage1_manifest(soft: CoordSoftCEW1Config) -> PipelineManifest:
+    """Stage-1 objective as registry modules (context ``gt``) from ``custom.coord_soft_ce_w1``: ``token_ce`` (desc
+    1; coord tokens in the CE iff the coord loss is off) and, when enabled, ``coord_reg`` with its weights."""
     v = VARIANT_STAGE1
     objective = [_entry("token_ce", _config("token_ce", v, {"coord_token_ce_weight": 0.0 if soft.enabled else 1.0}))]
     if soft.enabled:

@@ -16,18 +16,21 @@ from collections import defaultdict
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from coordexp_swift.config import DEFAULT_USER_PROMPT
 from coordexp_swift.coord.vocab import coord_token_ids, id_to_bin_lookup
 from coordexp_swift.data.coordjson import to_swift_row
 from coordexp_swift.data.records import iter_jsonl
 from coordexp_swift.losses.coord_dist import coord_terms, text_gate
-from coordexp_swift.losses.stage1 import IGNORE_INDEX, Stage1Weights, per_token_ce, stage1_masks
+from coordexp_swift.config.custom import CoordSoftCEW1Config
+from coordexp_swift.losses.stage1 import IGNORE_INDEX, stage1_masks
+from coordexp_swift.teacher_forcing.stage1 import Stage1Objective
 
 pytestmark = pytest.mark.integration
 
 RECORDS = (0, 2, 4)  # 1, 3 and 2 objects in the conftest shapes set (seed 0)
-WEIGHTS = Stage1Weights(ce_weight=0.5, soft_ce_weight=1.0, w1_weight=1.0, gate_weight=1.0, text_gate_weight=0.3)
+WEIGHTS = CoordSoftCEW1Config(enabled=True, ce_weight=0.5, soft_ce_weight=1.0, w1_weight=1.0, gate_weight=1.0, text_gate_weight=0.3)
 
 
 class _Meter:
@@ -46,11 +49,11 @@ def _bare_trainer(model, tokenizer, pieces):
     t.args = types.SimpleNamespace(average_tokens_across_devices=True, world_size=1, n_gpu=1, process_index=0)
     t.accelerator = types.SimpleNamespace(num_processes=1, parallelism_config=None)
     t.model_accepts_loss_kwargs = True
-    t.model, t.coord_enabled, t.weights = model, True, WEIGHTS
-    t.coord_ids = coord_token_ids(tokenizer)
-    t.coord_lut = id_to_bin_lookup(t.coord_ids, model.get_output_embeddings().weight.shape[0])
-    t.im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    t._pieces, t._window_counts = pieces, None
+    t.model = model
+    t.objective = Stage1Objective(WEIGHTS, coord_ids=coord_token_ids(tokenizer),
+                                  vocab_size=model.get_output_embeddings().weight.shape[0],
+                                  eos_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pieces=pieces)
+    t._window_counts = None
     t.custom_metrics = {"train": defaultdict(_Meter), "eval": defaultdict(_Meter)}
     return t
 
@@ -124,7 +127,8 @@ def test_packed_equals_unpacked_per_token_and_token_mean(packed_and_padded):
     per: dict[str, list[torch.Tensor]] = {}
     for name, lg, labels in (("pad", lg_pad, padded["labels"]), ("pack", lg_pack, packed["labels"])):
         m = stage1_masks(labels, lut, im_end)
-        ce = per_token_ce(lg, m, include_coord=False)
+        ce = torch.zeros(m.target.shape)
+        ce[m.text] = F.cross_entropy(lg[:, :-1][m.text].float(), m.target[m.text], reduction="none")
         terms = coord_terms(lg[:, :-1][m.coord], coord_ids, m.bins[m.coord], want={"soft_ce", "w1", "coord_ce",
                                                                                     "coord_gate"})
         per[name] = [ce[m.text], *(terms[k] for k in sorted(terms)), text_gate(lg[:, :-1][m.text_gate], coord_ids),

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from coordexp_swift.losses.stage1 import Stage1Weights
-from tests.unit.test_stage1_objective import IM_END, IGNORE_INDEX, W_ALL, TokenwiseLM, _batch, _sample
+from coordexp_swift.config.custom import CoordSoftCEW1Config
+from tests.unit.test_stage1_objective import IM_END, IGNORE_INDEX, W_ALL, TokenwiseLM, _batch, _sample, coord_loss
 
 
 class KeepLM(TokenwiseLM):
@@ -65,7 +65,7 @@ def _logged(tr) -> dict[str, list[float]]:
     return {k: list(m.values) for k, m in sorted(tr.custom_metrics["train"].items())}
 
 
-def _run(make_trainer: Callable, weights: Stage1Weights, batches: list[dict], *, enabled: bool = True,
+def _run(make_trainer: Callable, weights: CoordSoftCEW1Config, batches: list[dict], *, enabled: bool = True,
          window: bool = False, seed: int = 21) -> dict:
     model = KeepLM(seed=seed)
     tr = make_trainer(model, weights, enabled=enabled)
@@ -77,11 +77,11 @@ def _run(make_trainer: Callable, weights: Stage1Weights, batches: list[dict], *,
 
 def run_all(make_trainer: Callable) -> dict[str, dict]:
     """Every scenario's numbers (see the module docstring)."""
-    text_gate = Stage1Weights(soft_ce_weight=1.0, w1_weight=0.5, gate_weight=1.0, text_gate_weight=0.3)
+    text_gate = coord_loss(soft_ce_weight=1.0, w1_weight=0.5, gate_weight=1.0, text_gate_weight=0.3)
     return {
         "all_terms_padded": _run(make_trainer, W_ALL, [_batch([0, 2, 3])]),
-        "defaults_window_ga2": _run(make_trainer, Stage1Weights(), [_batch([0, 1]), _batch([2, 3])], window=True),
-        "plain_sft_window_ga2": _run(make_trainer, Stage1Weights(), [_batch([0, 2]), _batch([1])], enabled=False,
+        "defaults_window_ga2": _run(make_trainer, coord_loss(), [_batch([0, 1]), _batch([2, 3])], window=True),
+        "plain_sft_window_ga2": _run(make_trainer, coord_loss(), [_batch([0, 2]), _batch([1])], enabled=False,
                                      window=True),
         "packed_compacted": _run(make_trainer, W_ALL, [_compact(_packed([1, 2, 3]))]),
         "packed_full_text_gate": _run(make_trainer, text_gate, [_packed([3, 0])], window=True),

@@ -1,4 +1,5 @@
-"""Stage-1 target masks from the shared token-type code (seed 002 7B.1-7B.3, 9.3C)."""
+"""Stage-1 target masks and the ``gt`` context built from labels, on the shared token-type code (seed 002 7B.1-7B.3,
+9.3C)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from coordexp_swift.config import load_coordexp_config
 from coordexp_swift.coord.vocab import coord_token_ids, id_to_bin_lookup
 from coordexp_swift.losses.stage1 import stage1_masks
-from coordexp_swift.trainers.stage1 import desc_target_mask
+from coordexp_swift.teacher_forcing.stage1 import gt_context_from_labels, supervised_runs
+from tests.unit.stage1_scenarios import _compact
 
 TEXT_1 = ('{"objects": [{"desc": "red circle", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_30|>, '
           '<|coord_40|>]}]}')
@@ -32,6 +34,13 @@ def _segment(tok, text):
     prompt = tok.encode("<|im_start|>user\nfind shapes<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
     answer = tok.encode(text + "<|im_end|>", add_special_tokens=False)
     return prompt + answer, [-100] * len(prompt) + answer
+
+
+def desc_target_mask(labels, pieces, coord_ids, im_end, kept=None):
+    """[B, T-1] desc mask over shifted targets, read off the registry context built from ``labels``."""
+    ctx = gt_context_from_labels(torch.zeros(*labels.shape, 1), labels, coord_ids=coord_ids, eos_id=im_end,
+                                 pieces=pieces, kept=kept)
+    return ctx.type_mask("desc")[:, 1:]
 
 
 def _types(tok, masks, desc, row, coord_ids):
@@ -61,11 +70,20 @@ def test_stage1_masks_packed_equal_unpacked_and_frozen(tiny_tokenizer):
 
     m_u = stage1_masks(unpacked, lut, im_end)
     m_p = stage1_masks(packed, lut, im_end)
-    d_u = desc_target_mask(m_u, pieces, coord_ids, im_end)
-    d_p = desc_target_mask(m_p, pieces, coord_ids, im_end)
+    d_u = desc_target_mask(unpacked, pieces, coord_ids, im_end)
+    d_p = desc_target_mask(packed, pieces, coord_ids, im_end)
     types_u = _types(tok, m_u, d_u, 0, coord_ids) + _types(tok, m_u, d_u, 1, coord_ids)
     types_p = _types(tok, m_p, d_p, 0, coord_ids)
     assert types_p == types_u
+    # ms-swift's batch-size-1 logits_to_keep compaction: the segments become adjacent; the kept-position mask
+    # recovers them and the types are unchanged
+    compact = _compact({"labels": packed.clone()})
+    assert supervised_runs(packed[0]) == supervised_runs(packed[0], None)
+    assert len(supervised_runs(compact["labels"][0], compact["logits_to_keep"])) == 2
+    assert len(supervised_runs(compact["labels"][0])) == 1  # without the mask they would merge
+    m_c = stage1_masks(compact["labels"], lut, im_end)
+    d_c = desc_target_mask(compact["labels"], pieces, coord_ids, im_end, kept=compact["logits_to_keep"])
+    assert _types(tok, m_c, d_c, 0, coord_ids) == types_u
 
     seg1 = _types(tok, m_u, d_u, 0, coord_ids)
     assert [t for t, k in seg1 if k == "desc"] == DESC_TOKENS_1

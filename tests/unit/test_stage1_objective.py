@@ -1,8 +1,9 @@
 """Stage-1 objective end to end on synthetic tensors (SPEC §2.2-2.4; §9 rows 000 1.2, 1.3, 1.4, 1.7).
 
-The package under test is ``coordexp_swift.losses.stage1`` (masks, per-token base CE, coord-term sums, text gate)
-and ``Stage1Trainer.compute_loss`` / ``_get_num_items_in_batch`` (one forward, weights, denominators), run on a
-bare trainer instance (``__new__`` + the attributes those two methods read) so no ``swift sft`` is needed.
+The code under test is ``coordexp_swift.losses.stage1`` (masks), ``teacher_forcing.stage1.Stage1Objective`` (the
+registry's ``token_ce`` / ``coord_reg`` modules on the ``gt`` context built from labels) and
+``Stage1Trainer.compute_loss`` / ``_get_num_items_in_batch`` (one forward, weights, denominators), run on a bare
+trainer instance (``__new__`` + the attributes those two methods read) so no ``swift sft`` is needed.
 
 Golden values come from ``_reference_total``: a float64 loop over every position of every row, written straight
 from the SPEC §2.3 formulas (per-position ``log_softmax`` over the gate slice, explicit CDF sums, ``logsumexp`` gates,
@@ -15,6 +16,7 @@ CoordJSON texts spelled one character per token, so the token-type split sees ge
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import types
@@ -29,8 +31,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from coordexp_swift.coord.codec import MAX_BIN, NUM_BINS
 from coordexp_swift.coord.vocab import id_to_bin_lookup
 from coordexp_swift.losses.coord_dist import gaussian_soft_labels
-from coordexp_swift.losses.stage1 import (IGNORE_INDEX, Stage1Weights, coord_term_sums, per_token_ce, stage1_masks,
-                                          text_gate_sum)
+from coordexp_swift.config.custom import CoordSoftCEW1Config
+from coordexp_swift.losses.stage1 import IGNORE_INDEX, stage1_masks
+from coordexp_swift.teacher_forcing.stage1 import Stage1Objective, Stage1Step
 from coordexp_swift.trainers.stage1 import Stage1Trainer
 
 V = 1300
@@ -129,7 +132,23 @@ class _Meter:
         self.values.append(float(v))
 
 
-def bare_trainer(model: nn.Module, weights: Stage1Weights, *, enabled: bool = True) -> Stage1Trainer:
+def coord_loss(**kw) -> CoordSoftCEW1Config:
+    """``custom.coord_soft_ce_w1`` with the coord loss on and the given knobs."""
+    return CoordSoftCEW1Config(enabled=True, **kw)
+
+
+def objective(weights: CoordSoftCEW1Config, *, enabled: bool = True) -> Stage1Objective:
+    """The Stage-1 objective on the synthetic vocabulary."""
+    return Stage1Objective(dataclasses.replace(weights, enabled=enabled), coord_ids=COORD_IDS, vocab_size=V,
+                           eos_id=IM_END, pieces=PIECES)
+
+
+def step(logits: torch.Tensor, labels: torch.Tensor, weights: CoordSoftCEW1Config, **kw) -> Stage1Step:
+    """One micro-batch of the objective (micro-batch means)."""
+    return objective(weights, **kw)(logits, labels)
+
+
+def bare_trainer(model: nn.Module, weights: CoordSoftCEW1Config, *, enabled: bool = True) -> Stage1Trainer:
     """A ``Stage1Trainer`` without ``__init__``: exactly the attributes ``compute_loss`` and
     ``_get_num_items_in_batch`` read (single process, ms-swift's ``model_accepts_loss_kwargs=True``)."""
     t = Stage1Trainer.__new__(Stage1Trainer)
@@ -138,14 +157,13 @@ def bare_trainer(model: nn.Module, weights: Stage1Weights, *, enabled: bool = Tr
     t.model_accepts_loss_kwargs, t.compute_loss_func, t._loss_shifts_labels = True, None, True
     t.is_deepspeed_enabled = False
     t.model = model
-    t.coord_enabled, t.weights = enabled, weights
-    t.coord_ids, t.coord_lut, t.im_end_id, t._pieces = COORD_IDS, LUT, IM_END, PIECES
+    t.objective = objective(weights, enabled=enabled)
     t._window_counts = None
     t.custom_metrics = {"train": defaultdict(_Meter), "eval": defaultdict(_Meter)}
     return t
 
 
-def _reference_total(logits: torch.Tensor, labels: torch.Tensor, w: Stage1Weights,
+def _reference_total(logits: torch.Tensor, labels: torch.Tensor, w: CoordSoftCEW1Config,
                      enabled: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """SPEC §2.3 in float64, one position at a time: (total, {term: mean}) over the rows of ``labels``."""
     z = logits.double()
@@ -183,7 +201,7 @@ def _reference_total(logits: torch.Tensor, labels: torch.Tensor, w: Stage1Weight
     return total, means
 
 
-W_ALL = Stage1Weights(ce_weight=0.3, soft_ce_weight=0.7, w1_weight=1.5, gate_weight=0.4, text_gate_weight=0.2,
+W_ALL = coord_loss(ce_weight=0.3, soft_ce_weight=0.7, w1_weight=1.5, gate_weight=0.4, text_gate_weight=0.2,
                       temperature=1.3, target_sigma=3.0, target_truncate=8)
 
 
@@ -207,44 +225,44 @@ def test_masks_and_base_ce_exclude_coord_targets():
     logits = torch.randn(*labels.shape, V, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
     base = labels.clone()
     base[torch.isin(base, COORD_IDS)] = IGNORE_INDEX  # L_base of SPEC §2.2, built independently
-    want = F.cross_entropy(logits[:, :-1].reshape(-1, V), base[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
-    got = per_token_ce(logits.float(), m, include_coord=False)
-    assert got.shape == m.target.shape and got.dtype == torch.float32
-    assert float(got.sum()) == pytest.approx(float(want), rel=1e-6)
-    assert torch.all(got[~m.text] == 0)  # coord targets contribute exactly nothing
-    want_all = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), reduction="sum")
-    assert float(per_token_ce(logits.float(), m, include_coord=True).sum()) == pytest.approx(float(want_all), rel=1e-6)
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, V), base[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    got = step(logits.float(), labels, coord_loss()).logged
+    assert got["loss/struct_ce"] + got["loss/desc_ce"] == pytest.approx(float(want), rel=1e-6)
+    assert "loss/coord_token_ce" not in got  # coord targets are not in the base CE
+    want_all = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
+    plain = step(logits.float(), labels, coord_loss(), enabled=False).logged
+    assert sum(plain[k] for k in ("loss/struct_ce", "loss/desc_ce", "loss/coord_token_ce")) == pytest.approx(
+        float(want_all), rel=1e-6)
+    assert not any(k.startswith("loss/coord_reg") for k in plain)
 
 
 # ----------------------------------------------------------------------------------------------- coord terms
 @pytest.mark.parametrize("tau,sigma,truncate", [(1.0, 2.0, None), (0.7, 1.0, 3), (2.0, 5.0, 0)])
-def test_coord_term_sums_match_per_position_reference(tau, sigma, truncate):
-    """seed 000 1.7 / 1.3: Σ_C softCE, W1, coord-CE and gate equal a per-position float64 loop (softmax over the
+def test_coord_terms_match_per_position_reference(tau, sigma, truncate):
+    """seed 000 1.7 / 1.3: mean_C softCE, W1, coord-CE and gate equal a per-position float64 loop (softmax over the
     gate slice, explicit CDFs, LSE gate); edge bins 0/998/999 included."""
     b = _batch([0, 1, 2])
-    m = stage1_masks(b["labels"], LUT, IM_END)
     logits = torch.randn(*b["labels"].shape, V, generator=torch.Generator().manual_seed(1)) * 4
-    w = Stage1Weights(ce_weight=1.0, temperature=tau, target_sigma=sigma, target_truncate=truncate)
-    got = coord_term_sums(logits, m, COORD_IDS, w)
+    w = coord_loss(ce_weight=1.0, temperature=tau, target_sigma=sigma, target_truncate=truncate)
+    got = step(logits, b["labels"], w).logged
     _, ref = _reference_total(logits, b["labels"], w)
-    n = int(m.coord.sum())
-    assert set(got) == {"coord_ce", "soft_ce", "w1", "coord_gate"}
-    for name in got:
-        assert float(got[name]) == pytest.approx(float(ref[name]) * n, rel=1e-5, abs=1e-6), name
+    keys = {"coord_ce": "loss/coord_token_ce", "soft_ce": "loss/coord_reg/soft_ce", "w1": "loss/coord_reg/w1",
+            "coord_gate": "loss/coord_reg/coord_gate"}
+    assert {k for k in got if k.startswith("loss/coord")} == {*keys.values(), "loss/coord_reg"}
+    for name, key in keys.items():
+        assert float(got[key]) == pytest.approx(float(ref[name]), rel=1e-5, abs=1e-6), name
 
 
 def test_only_positive_weights_are_computed():
     """seed 000 1.4 (SPEC §2.5): a term with weight 0 is neither computed nor returned."""
     b = _batch([0])
-    m = stage1_masks(b["labels"], LUT, IM_END)
     logits = torch.randn(*b["labels"].shape, V)
-    got = coord_term_sums(logits, m, COORD_IDS, Stage1Weights(soft_ce_weight=1.0, w1_weight=0.0, gate_weight=0.0))
-    assert set(got) == {"soft_ce"}
+    got = step(logits, b["labels"], coord_loss(soft_ce_weight=1.0, w1_weight=0.0, gate_weight=0.0)).logged
+    assert {k for k in got if k.startswith("loss/coord")} == {"loss/coord_reg", "loss/coord_reg/soft_ce"}
 
 
 # ----------------------------------------------------------------------------------------------- total loss
-@pytest.mark.parametrize("w", [W_ALL, Stage1Weights()], ids=["all_terms", "defaults"])
+@pytest.mark.parametrize("w", [W_ALL, coord_loss()], ids=["all_terms", "defaults"])
 def test_trainer_total_equals_spec_formula_one_forward(w):
     """seed 000 1.4: one forward per step, no labels to the model; L = CE_base + λ_ce·mean CEc + λ_soft·mean softCE
     + λ_W1·mean W1 + λ_gate·mean gate + λ_tg·mean tg (SPEC §2.3) in value and in gradient; logged terms are the
@@ -283,7 +301,7 @@ def test_desc_ce_is_the_ce_over_desc_value_characters():
     """seed 000 1.4 (SPEC §2.5 / §4.1): loss/desc_ce = CE over the characters inside desc values (escaped quote
     included, surrounding quotes excluded), found by string search, over the shared base-CE denominator."""
     model = TokenwiseLM(seed=2)
-    tr = bare_trainer(model, Stage1Weights())
+    tr = bare_trainer(model, coord_loss())
     b = _batch([2])
     labels = b["labels"].clone()
     tr.compute_loss(model, dict(b))
@@ -304,23 +322,33 @@ def test_desc_ce_is_the_ce_over_desc_value_characters():
 
 # ----------------------------------------------------------------------------------------------- edge cases
 def test_empty_coord_set_gives_exact_zero_connected_to_graph():
-    """seed 000 1.7 (SPEC §2.4): no coord targets -> every coord term sum is exactly 0.0, backward works and gives
-    zero gradients; the trainer loss is then exactly the base CE token mean (+ text gate)."""
+    """seed 000 1.7 (SPEC §2.4): no coord targets -> every coord term is exactly 0.0 (fp32) and the loss is the base
+    CE alone (its gradient touches only the rows predicting text targets); with no supervised target at all the
+    loss is an exact 0.0 that still backpropagates (zero gradients). The trainer loss is then exactly the base CE
+    token mean (+ text gate)."""
     ids = [IM_START, 40, 41, 95] + _encode('{"objects": []}') + [IM_END]
     labels = [IGNORE_INDEX] * 4 + ids[4:]
     b = _batch(None, samples=[(ids, labels)])
     m = stage1_masks(b["labels"], LUT, IM_END)
     assert int(m.coord.sum()) == 0
     logits = torch.randn(*b["labels"].shape, V, requires_grad=True)
-    sums = coord_term_sums(logits, m, COORD_IDS, W_ALL)
-    assert set(sums) == {"coord_ce", "soft_ce", "w1", "coord_gate"}
-    for name, s in sums.items():
-        assert s.dtype == torch.float32 and float(s) == 0.0 and s.requires_grad, name
-    (g,) = torch.autograd.grad(sum(sums.values()), logits)
-    assert torch.count_nonzero(g) == 0
+    got = step(logits, b["labels"], W_ALL)
+    coord_keys = ["loss/coord_token_ce", "loss/coord_reg/soft_ce", "loss/coord_reg/w1", "loss/coord_reg/coord_gate"]
+    for key in coord_keys:
+        assert got.logged[key].dtype == torch.float32 and float(got.logged[key]) == 0.0, key
+    base = float(got.logged["loss/struct_ce"] + got.logged["loss/desc_ce"])
+    assert float(got.loss) == pytest.approx(base + float(got.logged["loss/coord_reg/text_gate"]), rel=1e-6)
+    (g,) = torch.autograd.grad(got.loss, logits)
+    assert torch.count_nonzero(g[:, :-1][~m.text].abs().sum(-1)) == 0
+
+    nothing = torch.full_like(b["labels"], IGNORE_INDEX)
+    empty = step(logits, nothing, W_ALL)
+    assert float(empty.loss) == 0.0 and empty.loss.requires_grad
+    (g0,) = torch.autograd.grad(empty.loss, logits)
+    assert torch.count_nonzero(g0) == 0
 
     model = TokenwiseLM(seed=3)
-    w = Stage1Weights(soft_ce_weight=1.0, w1_weight=1.0, gate_weight=1.0)
+    w = coord_loss(soft_ce_weight=1.0, w1_weight=1.0, gate_weight=1.0)
     loss = bare_trainer(model, w).compute_loss(model, dict(b))
     ref, _ = _reference_total(model.last_logits, b["labels"], w)
     assert float(loss) == pytest.approx(float(ref), rel=1e-6)
@@ -331,7 +359,7 @@ def test_empty_coord_set_gives_exact_zero_connected_to_graph():
 def test_disabled_plain_sft_token_mean():
     """seed 000 1.4 (SPEC §2.1): coord loss disabled -> plain SFT, L = CE over every supervised target (coord ids
     included) / their count, also for a Stage-1 sample with no objects (no coord targets)."""
-    w = Stage1Weights()
+    w = coord_loss()
     empty = [IM_START, 40, 95] + _encode('{"objects": []}') + [IM_END]
     for samples in ([_sample(0), _sample(2)], [(empty, [IGNORE_INDEX] * 3 + empty[3:])]):
         model = TokenwiseLM(seed=4)
@@ -384,34 +412,37 @@ def test_coord_terms_give_no_gradient_to_non_coord_logits():
     b = _batch([1, 3])
     m = stage1_masks(b["labels"], LUT, IM_END)
     logits = (torch.randn(*b["labels"].shape, V, generator=torch.Generator().manual_seed(7)) * 3).requires_grad_()
-    w = Stage1Weights(ce_weight=1.0, soft_ce_weight=1.0, w1_weight=1.0, gate_weight=0.0)
-    sums = coord_term_sums(logits, m, COORD_IDS, w)
-    (g,) = torch.autograd.grad(sum(sums.values()), logits)
+    w = coord_loss(ce_weight=1.0, soft_ce_weight=1.0, w1_weight=1.0, gate_weight=0.0)
+    got = step(logits, b["labels"], w)
+    (g,) = torch.autograd.grad(got.loss, logits)
     non_coord = torch.ones(V, dtype=torch.bool)
     non_coord[COORD_IDS] = False
-    assert torch.count_nonzero(g[..., non_coord]) == 0
-    assert torch.count_nonzero(g[:, :-1][m.coord][:, COORD_IDS]) > 0
+    g_coord_rows = g[:, :-1][m.coord]  # the rows predicting coord targets (not in the base CE)
+    assert torch.count_nonzero(g_coord_rows[:, non_coord]) == 0
+    assert torch.count_nonzero(g_coord_rows[:, COORD_IDS]) > 0
 
+    keys = ("loss/coord_token_ce", "loss/coord_reg/soft_ce", "loss/coord_reg/w1")
     shifted = logits.detach().clone()
     shifted[:, :-1][m.coord] += torch.where(non_coord, 50.0, 0.0)  # only non-coord logits at coord positions
-    again = coord_term_sums(shifted, m, COORD_IDS, w)
-    for name in sums:
-        assert float(again[name]) == float(sums[name]), name
-    gate = coord_term_sums(shifted, m, COORD_IDS, Stage1Weights(soft_ce_weight=0, w1_weight=0, gate_weight=1))
-    gate0 = coord_term_sums(logits.detach(), m, COORD_IDS, Stage1Weights(soft_ce_weight=0, w1_weight=0, gate_weight=1))
-    assert float(gate["coord_gate"]) > float(gate0["coord_gate"]) + 1.0
+    again = step(shifted, b["labels"], w).logged
+    for key in keys:
+        assert float(again[key]) == float(got.logged[key]), key
+    gate_only = coord_loss(soft_ce_weight=0, w1_weight=0, gate_weight=1)
+    gate = step(shifted, b["labels"], gate_only).logged["loss/coord_reg/coord_gate"]
+    gate0 = step(logits.detach(), b["labels"], gate_only).logged["loss/coord_reg/coord_gate"]
+    assert float(gate) > float(gate0) + 1.0
 
 
-def test_text_gate_sum_matches_reference():
-    """seed 000 1.7 (SPEC §2.3): Σ tg over supervised non-coord, non-<|im_end|> targets equals the float64 formula."""
+def test_text_gate_matches_reference():
+    """seed 000 1.7 (SPEC §2.3): mean tg over supervised non-coord, non-<|im_end|> targets equals the float64
+    formula."""
     b = _batch([0, 3])
-    m = stage1_masks(b["labels"], LUT, IM_END)
     logits = torch.randn(*b["labels"].shape, V, generator=torch.Generator().manual_seed(8)) * 3
     logits[..., COORD_IDS[:50]] += 6.0  # some mass on coord ids so the gate is not ~0
-    w = Stage1Weights(text_gate_weight=1.0, temperature=0.8)
+    w = coord_loss(text_gate_weight=1.0, temperature=0.8)
     _, ref = _reference_total(logits, b["labels"], w)
-    got = text_gate_sum(logits, m, COORD_IDS, w.temperature)
-    assert float(got) == pytest.approx(float(ref["text_gate"]) * int(m.text_gate.sum()), rel=1e-5)
+    got = step(logits, b["labels"], w).logged["loss/coord_reg/text_gate"]
+    assert float(got) == pytest.approx(float(ref["text_gate"]), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- denominators

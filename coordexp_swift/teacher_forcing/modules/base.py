@@ -39,12 +39,15 @@ class ModuleOutput:
     ``terms``: §8.2 contribution keys (``loss/struct_ce``, ``loss/geo``, …) -> scalar tensors summing to ``loss``.
     ``breakdown``: §8.2 breakdown keys (``loss/geo/bbox_ciou``, ``loss/struct_ce/self_context``, …) -> scalars.
     ``metrics``: diagnostics -> Python floats (already fully named, not weighted).
+    ``denominators``: ``terms``/``breakdown`` key -> name of the mean it is (``TeacherForcingContext.mean``), for keys
+    that are token or slot means; lets a caller with global denominators recover micro-batch means for logging.
     """
 
     loss: torch.Tensor | None = None
     terms: Mapping[str, torch.Tensor] = field(default_factory=dict)
     breakdown: Mapping[str, torch.Tensor] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    denominators: Mapping[str, str] = field(default_factory=dict)
 
 
 def graph_zero(x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ every coord target for ``gt``). With ``P = softmax(z[pos − 1, coord_ids]/τ)``
 ``soft_ce`` (Gaussian target σ, optional truncation), ``w1`` (CDF distance / MAX_BIN), ``coord_gate``
 (−log p_coord), ``entropy`` (−Σ P log P), ``el1`` (Σ P(k)·|k/MAX_BIN − g|), ``ehuber`` (Σ P(k)·Huber_δ) — each a
 mean over slots — and ``text_gate`` (mean over anchor-context positions with CE weight > 0, excluding coord and
-eos). ``coord_ce`` (hard CE on the coord slice) is reported as its own component ``loss/coord_token_ce``; the other
+eos). Means use ``ctx.mean("coord" | "text_gate", …)``: local unless the caller gave global denominators. ``coord_ce`` (hard CE on the coord slice) is reported as its own component ``loss/coord_token_ce``; the other
 sub-terms sum to ``loss/coord_reg``. In ``self_context`` softCE uses ``self_context_soft_ce_weight``.
 """
 from __future__ import annotations
@@ -74,10 +74,6 @@ COORD_REG_TERMS: Mapping[str, tuple[str, str]] = {
 _FUSED = frozenset({"coord_ce", "soft_ce", "w1", "coord_gate", "entropy"})
 
 
-def _mean(x: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    return x.mean() if x.numel() else zero
-
-
 class CoordRegModule(PipelineModule):
     """``coord_reg`` (objective); see the module docstring."""
 
@@ -111,10 +107,12 @@ class CoordRegModule(PipelineModule):
             values["text_gate"] = self._text_gate(ctx, zero)
         terms: dict[str, torch.Tensor] = {}
         breakdown: dict[str, torch.Tensor] = {}
+        denominators: dict[str, str] = {}
         reg = zero
         for term, w in weights.items():
             value = w * values[term]
             key = COORD_REG_TERMS[term][1]
+            denominators[key] = "text_gate" if term == "text_gate" else "coord"
             if term == "coord_ce":
                 terms[key] = value
             else:
@@ -125,7 +123,7 @@ class CoordRegModule(PipelineModule):
         total = zero
         for v in terms.values():
             total = total + v
-        return ModuleOutput(loss=total, terms=terms, breakdown=breakdown)
+        return ModuleOutput(loss=total, terms=terms, breakdown=breakdown, denominators=denominators)
 
     def _slot_terms(self, ctx: TeacherForcingContext, context: str, weights: Mapping[str, float],
                     zero: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -147,14 +145,15 @@ class CoordRegModule(PipelineModule):
             got = coord_terms(rows, ids.to(rows.device), slots.target_bins.to(rows.device),
                               temperature=cfg.temperature, sigma=cfg.target_sigma, truncate=cfg.target_truncate,
                               want=frozenset(fused))
-            out.update({t: _mean(v, zero) for t, v in got.items()})
+            out.update({t: ctx.mean("coord", v.sum(), v.numel()) for t, v in got.items()})
         if {"el1", "ehuber"} & slot_terms:
             s = ctx.gathered(context)[2]
             g = slots.target_bins.to(s.device, torch.float32) / MAX_BIN
             if "el1" in slot_terms:
-                out["el1"] = _mean(expected_l1(s, g, cfg.temperature), zero)
+                out["el1"] = ctx.mean("coord", expected_l1(s, g, cfg.temperature).sum(), g.numel())
             if "ehuber" in slot_terms:
-                out["ehuber"] = _mean(expected_huber(s, g, cfg.coord_huber_delta, cfg.temperature), zero)
+                out["ehuber"] = ctx.mean("coord", expected_huber(s, g, cfg.coord_huber_delta, cfg.temperature).sum(),
+                                         g.numel())
         return out
 
     def _text_gate(self, ctx: TeacherForcingContext, zero: torch.Tensor) -> torch.Tensor:
@@ -164,4 +163,5 @@ class CoordRegModule(PipelineModule):
         row, pos = torch.nonzero((w > 0) & (types != COORD) & (types != EOS), as_tuple=True)
         if row.numel() == 0:
             return zero
-        return _mean(text_gate(ctx.logits_at(anchor, row, pos), ctx.coord_ids, self.config.temperature), zero)
+        return ctx.mean("text_gate", text_gate(ctx.logits_at(anchor, row, pos), ctx.coord_ids,
+                                               self.config.temperature).sum(), row.numel())

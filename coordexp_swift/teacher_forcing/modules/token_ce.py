@@ -1,7 +1,7 @@
 """``token_ce`` objective (SPEC §4.2-4.4): weighted token CE per context, split into struct / desc / coord parts.
 
 Per context c: ``token_ce_c = scale_c · Σ_t w_t·CE_t / max(Σ_t w_t, 1e-6)`` over positions with ``w_t > 0`` (0 if
-none), ``CE_t = −log softmax(z[t−1])[id_t]`` (full vocabulary, fp32, sanitised logits). The parts share the
+none; the denominator is the caller's global one when the context carries ``denominators["token_ce"]``), ``CE_t = −log softmax(z[t−1])[id_t]`` (full vocabulary, fp32, sanitised logits). The parts share the
 denominator: ``loss/struct_ce`` (struct + eos), ``loss/desc_ce``, ``loss/coord_token_ce`` (Stage-1 with the coord
 loss off); the ``self_context`` stabilizer adds to ``loss/struct_ce`` and is broken out as
 ``loss/struct_ce/self_context``. A key is emitted iff its effective weight is > 0.
@@ -23,7 +23,6 @@ from coordexp_swift.teacher_forcing.token_types import COORD, DESC
 __all__ = ["Stage1TokenCEConfig", "TokenCEConfig", "TokenCEModule", "TokenCETwoChannelConfig"]
 
 _PART_KEYS = {"struct": "loss/struct_ce", "desc": "loss/desc_ce", "coord": "loss/coord_token_ce"}
-DENOM_FLOOR = 1e-6
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,53 +77,38 @@ class Stage1TokenCEConfig:
         return CEWeightTable(desc_ce_weight=self.desc_ce_weight, coord_token_ce_weight=self.coord_token_ce_weight)
 
 
-def weighted_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor, types: torch.Tensor,
-                      ) -> dict[str, torch.Tensor]:
-    """Parts ``{struct, desc, coord}`` of ``Σ w·CE / max(Σ w, 1e-6)`` (unscaled).
-
-    ``logits [B, T, V]``; ``input_ids``, ``weights``, ``types`` ``[B, T]`` over input positions; CE of the token at
-    t uses ``logits[:, t−1]``; only positions with ``w > 0`` are gathered (no full-sequence log-softmax).
-    """
-    row, pos = torch.nonzero(weights > 0, as_tuple=True)
-    if row.numel() == 0:
-        zero = plain_zero(logits)
+def _parts(ctx: TeacherForcingContext, z: torch.Tensor, target_flat: torch.Tensor,
+           weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Parts ``{struct, desc, coord}`` of ``Σ w·CE / den`` (unscaled) for the input positions ``target_flat``
+    (flat ``row·T + pos``) and their predicting logits rows ``z [N, V]``; ``den`` = ``ctx.mean("token_ce", …)``
+    (Σ w of these positions unless the caller gave a global one)."""
+    if target_flat.numel() == 0:
+        zero = plain_zero(z)
         return {k: zero for k in _PART_KEYS}
-    if int(pos.min()) < 1:
-        raise RuntimeError("token_ce: a supervised token at position 0 has no predicting logits")
-    flat = logits.reshape(-1, logits.shape[-1]).index_select(0, row * logits.shape[1] + pos - 1)
-    z = sanitize_logits(flat.float())
-    ce = torch.nan_to_num(F.cross_entropy(z, input_ids[row, pos], reduction="none"))
-    w = weights[row, pos]
-    denom = w.sum().clamp_min(DENOM_FLOOR)
-    t = types[row, pos]
-    wce = w * ce
-    desc, coord = t == DESC, t == COORD
-    return {
-        "struct": wce.masked_fill(desc | coord, 0.0).sum() / denom,
-        "desc": wce.masked_fill(~desc, 0.0).sum() / denom,
-        "coord": wce.masked_fill(~coord, 0.0).sum() / denom,
-    }
-
-
-def _parts_from_gather(ctx: TeacherForcingContext, context: str, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Same parts as :func:`weighted_token_ce`, reading the context's cached fused gather (rows with w > 0)."""
-    flat_rows, rows, _ = ctx.gathered(context)
-    if flat_rows.numel() == 0:
-        zero = plain_zero(ctx.logits[context])
-        return {k: zero for k in _PART_KEYS}
-    target_flat = flat_rows + 1
-    ce = torch.nan_to_num(F.cross_entropy(sanitize_logits(rows.float()), ctx.input_ids.reshape(-1)[target_flat],
+    ce = torch.nan_to_num(F.cross_entropy(sanitize_logits(z.float()), ctx.input_ids.reshape(-1)[target_flat],
                                           reduction="none"))
     w = weights.reshape(-1)[target_flat]
     t = ctx.layout.types.reshape(-1)[target_flat]
-    denom = w.sum().clamp_min(DENOM_FLOOR)
     wce = w * ce
     desc, coord = t == DESC, t == COORD
+    w_sum = w.sum()
     return {
-        "struct": wce.masked_fill(desc | coord, 0.0).sum() / denom,
-        "desc": wce.masked_fill(~desc, 0.0).sum() / denom,
-        "coord": wce.masked_fill(~coord, 0.0).sum() / denom,
+        "struct": ctx.mean("token_ce", wce.masked_fill(desc | coord, 0.0).sum(), w_sum),
+        "desc": ctx.mean("token_ce", wce.masked_fill(~desc, 0.0).sum(), w_sum),
+        "coord": ctx.mean("token_ce", wce.masked_fill(~coord, 0.0).sum(), w_sum),
     }
+
+
+def _context_parts(ctx: TeacherForcingContext, context: str, table: CEWeightTable) -> dict[str, torch.Tensor]:
+    """CE parts of ``context`` under ``table``: from the context's cached fused gather when ``table`` is the run's
+    table, else by gathering the rows with ``w > 0`` (logits at ``pos − 1``)."""
+    w, _ = ctx.ce_weights(context, table)
+    if table == ctx.ce_table:
+        flat_rows, rows, _ = ctx.gathered(context)
+        return _parts(ctx, rows, flat_rows + 1, w)
+    row, pos = torch.nonzero(w > 0, as_tuple=True)
+    seq = ctx.input_ids.shape[1]
+    return _parts(ctx, ctx.logits_at(context, row, pos), row * seq + pos, w)
 
 
 class TokenCEModule(PipelineModule):
@@ -142,25 +126,24 @@ class TokenCEModule(PipelineModule):
         table = self.config.table()
         terms: dict[str, torch.Tensor] = {}
         breakdown: dict[str, torch.Tensor] = {}
+        denominators: dict[str, str] = {}
         total = plain_zero(next(iter(ctx.logits.values())))
         for context in CONTEXTS:
             if context not in ctx.logits:
                 continue
             comp = table.component_weights(context)
-            w, scale = ctx.ce_weights(context, table)
+            _, scale = ctx.ce_weights(context, table)
             if scale <= 0 or all(v <= 0 for v in comp.values()):
                 continue
-            if table == ctx.ce_table:
-                parts = _parts_from_gather(ctx, context, w)
-            else:
-                parts = weighted_token_ce(ctx.logits[context], ctx.input_ids, w, ctx.layout.types)
+            parts = _context_parts(ctx, context, table)
             for part, value in parts.items():
                 if comp[part] <= 0:
                     continue
                 value = value * scale
                 key = _PART_KEYS[part]
                 terms[key] = terms[key] + value if key in terms else value
+                denominators[key] = "token_ce"
                 total = total + value
                 if context == "self_context":
                     breakdown[f"{key}/self_context"] = value
-        return ModuleOutput(loss=total, terms=terms, breakdown=breakdown)
+        return ModuleOutput(loss=total, terms=terms, breakdown=breakdown, denominators=denominators)
