@@ -1,8 +1,8 @@
 """Benchmark: cost of the Stage-1 objective (SPEC §2) against plain cross-entropy, measured in one process.
 
 (a) Coord loss alone: forward + backward of the Stage-1 objective (``teacher_forcing.stage1.Stage1Objective``,
-    default weights: soft_ce + w1 + coord_gate through the registry's ``coord_reg``; context built from the labels
-    included) on ``[1, T, V]`` logits whose N targets are all coord tokens, at the tiny model's real vocabulary
+    default weights: soft_ce + w1 + coord_gate through the registry's ``coord_reg``; building the context from the
+    labels and the token accuracies included) on ``[1, T, V]`` logits whose N targets are all coord tokens, at the tiny model's real vocabulary
     (152,669), vs full-vocab ``F.cross_entropy`` on the same positions. Target ratio <= 1.25.
 (b) One training step on the tiny real-vocabulary Qwen3-VL and a batch of real shapes samples encoded with the
     ms-swift ``qwen3_vl`` template: forward + ``Stage1Trainer.compute_loss`` (every emitted term, token-type split

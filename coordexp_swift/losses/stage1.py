@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from coordexp_swift.losses.coord_dist import sanitize_logits
 
 IGNORE_INDEX = -100
 
@@ -50,10 +49,12 @@ def target_rows(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 def token_accuracies(logits: torch.Tensor, masks: Stage1Masks) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(correct, count) of full-vocab argmax for ``token_acc`` (all supervised), ``coord_token_acc``, ``text_token_acc``.
 
-    The argmax runs on supervised rows only."""
+    The argmax runs on supervised rows only, on the raw logits (one read pass, no sanitised copy); a row whose
+    maximum is NaN counts as wrong."""
     sup = masks.text | masks.coord
     rows, idx = target_rows(logits, sup)
-    hit = sanitize_logits(rows).argmax(-1) == masks.target[idx]
+    pred = rows.argmax(-1)
+    hit = (pred == masks.target[idx]) & ~torch.isnan(rows.gather(-1, pred[:, None])[:, 0])
     out = {}
     for key, mask in (("token_acc", sup), ("coord_token_acc", masks.coord), ("text_token_acc", masks.text)):
         out[key] = ((hit & mask[idx]).sum(), mask.sum())

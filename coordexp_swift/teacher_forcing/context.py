@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 import torch
 
@@ -24,6 +24,7 @@ __all__ = [
     "CONTEXTS",
     "DENOMINATORS",
     "DENOM_FLOOR",
+    "Gathered",
     "SUBSET_NAMES",
     "BoxGroupsView",
     "CEWeightTable",
@@ -180,31 +181,45 @@ def build_layout(meta: tuple[SegmentMeta, ...], packed: bool, shape: tuple[int, 
                   groups=groups)
 
 
+class Gathered(NamedTuple):
+    """One context's cached gather (:meth:`TeacherForcingContext.gathered`): ``flat_rows [N]`` (``row·T + pos − 1``
+    of every position with CE weight > 0, ascending), ``rows [N, V]`` their logits, ``slot_coord [M, NUM_BINS]`` the
+    coord-slice logits of ``coord_slots(context)`` and ``slot_rows [M, V]`` their full rows (``None`` unless the
+    context was prepared with ``gather_slot_rows``)."""
+
+    flat_rows: torch.Tensor
+    rows: torch.Tensor
+    slot_coord: torch.Tensor
+    slot_rows: Optional[torch.Tensor]
+
+
 class _FusedGather(torch.autograd.Function):
-    """``logits [B·T·V]`` (flat) -> ``(rows [N, V], coord [M, NUM_BINS])`` in one node whose backward allocates ONE
-    full-size gradient (``index_add_`` of both parts), instead of one per consumer."""
+    """``logits [B·T·V]`` (flat) -> ``(rows [N, V], slot_rows [M', V], coord [M, NUM_BINS])`` in one node whose
+    backward allocates ONE full-size gradient (``index_add_`` of every part), instead of one per consumer plus the
+    full-size additions that merge them."""
 
     @staticmethod
-    def forward(ctx, flat: torch.Tensor, row_idx: torch.Tensor, coord_idx: torch.Tensor,  # type: ignore[override]
-                vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.save_for_backward(row_idx, coord_idx)
+    def forward(ctx, flat: torch.Tensor, row_idx: torch.Tensor, slot_idx: torch.Tensor,  # type: ignore[override]
+                coord_idx: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(row_idx, slot_idx, coord_idx)
         ctx.shape, ctx.vocab = flat.shape, vocab
-        rows = flat.view(-1, vocab).index_select(0, row_idx)
+        table = flat.view(-1, vocab)
         coord = flat.index_select(0, coord_idx.reshape(-1)).reshape(coord_idx.shape)
-        return rows, coord
+        return table.index_select(0, row_idx), table.index_select(0, slot_idx), coord
 
     @staticmethod
-    def backward(ctx, g_rows: torch.Tensor, g_coord: torch.Tensor):  # type: ignore[override]
-        row_idx, coord_idx = ctx.saved_tensors
-        grad = None
-        if g_rows is not None or g_coord is not None:
-            ref = g_rows if g_rows is not None else g_coord
-            grad = torch.zeros(ctx.shape, dtype=ref.dtype, device=ref.device)
-            if g_rows is not None and row_idx.numel():
-                grad.view(-1, ctx.vocab).index_add_(0, row_idx, g_rows)
-            if g_coord is not None and coord_idx.numel():
-                grad.index_add_(0, coord_idx.reshape(-1), g_coord.reshape(-1))
-        return grad, None, None, None
+    def backward(ctx, g_rows, g_slots, g_coord):  # type: ignore[override]
+        row_idx, slot_idx, coord_idx = ctx.saved_tensors
+        parts = [(g, i) for g, i in ((g_rows, row_idx), (g_slots, slot_idx)) if g is not None and i.numel()]
+        if not parts and (g_coord is None or not coord_idx.numel()):
+            return None, None, None, None, None
+        ref = next(g for g in (g_rows, g_slots, g_coord) if g is not None)
+        grad = torch.zeros(ctx.shape, dtype=ref.dtype, device=ref.device)
+        for g, idx in parts:
+            grad.view(-1, ctx.vocab).index_add_(0, idx, g)
+        if g_coord is not None and coord_idx.numel():
+            grad.index_add_(0, coord_idx.reshape(-1), g_coord.reshape(-1))
+        return grad, None, None, None, None
 
 
 def ce_weights(layout: Layout, context: str, table: CEWeightTable) -> tuple[torch.Tensor, float]:
@@ -251,6 +266,8 @@ class TeacherForcingContext:
       ce_table: the run's §4.3 weights (the executor sets it from the ``token_ce`` config); ``text_gate`` and
         ``token_type_diag`` use it for "positions with CE weight > 0".
       coord_embeddings: optional ``E_c [NUM_BINS, H]`` (for the ``st_embed_gap`` diagnostic only).
+      gather_slot_rows: also gather full-vocab rows at the coord slots in :meth:`gathered` (set by the executor
+        when a module reads them, e.g. ``coord_reg``'s ``coord_gate``).
       denominators: optional ``{name: count}`` (names in :data:`DENOMINATORS`) replacing the local denominator of
         that mean in every module (Stage-1: counts over the accumulation window and ranks, SPEC §2.3); only with a
         single logits context. ``None``: every mean is local to this micro-batch (SPEC §4.2).
@@ -265,6 +282,7 @@ class TeacherForcingContext:
     packed: bool = False
     ce_table: CEWeightTable = field(default_factory=CEWeightTable)
     coord_embeddings: Optional[torch.Tensor] = None
+    gather_slot_rows: bool = False
     denominators: Optional[Mapping[str, torch.Tensor]] = None
 
     def __post_init__(self) -> None:
@@ -302,11 +320,11 @@ class TeacherForcingContext:
         count = local_count if given is None else given
         return total / torch.as_tensor(count, dtype=torch.float32, device=total.device).clamp_min(DENOM_FLOOR)
 
-    def with_ce_table(self, table: CEWeightTable) -> "TeacherForcingContext":
-        """A copy with another CE table that shares the cached layout."""
-        if table == self.ce_table:
+    def prepared(self, table: CEWeightTable, gather_slot_rows: bool = False) -> "TeacherForcingContext":
+        """A copy with another CE table / gather option that shares the cached layout."""
+        if table == self.ce_table and gather_slot_rows == self.gather_slot_rows:
             return self
-        out = dataclasses.replace(self, ce_table=table)
+        out = dataclasses.replace(self, ce_table=table, gather_slot_rows=gather_slot_rows)
         if "layout" in self.__dict__:
             out.__dict__["layout"] = self.__dict__["layout"]
         return out
@@ -359,11 +377,9 @@ class TeacherForcingContext:
         g = self.layout.groups
         return CoordSlots(row=g.row.repeat_interleave(4), pos=g.pos.reshape(-1), target_bins=g.gt_bins.reshape(-1))
 
-    def gathered(self, context: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Cached one-node gather for ``context``: ``(flat_rows [N], rows [N, V], slot_coord [M, NUM_BINS])`` where
-        ``flat_rows`` are the ``row·T + pos − 1`` indices of every position with CE weight > 0 under ``ce_table``
-        (ascending) and ``slot_coord`` the coord-slice logits of ``coord_slots(context)`` (same order). Modules that
-        read these share one full-size gradient buffer in backward."""
+    def gathered(self, context: str) -> Gathered:
+        """Cached one-node gather for ``context`` (:class:`Gathered`; CE rows under ``ce_table``, slots in
+        ``coord_slots(context)`` order). Modules that read it share one full-size gradient buffer in backward."""
         cache = self.__dict__.setdefault("_gather_cache", {})
         if context not in cache:
             z = self.logits[context]
@@ -372,10 +388,11 @@ class TeacherForcingContext:
             row, pos = torch.nonzero((w > 0) & (scale > 0), as_tuple=True)
             flat_rows = self._flat_rows(context, row, pos)
             slots = self.coord_slots(context)
-            coord_idx = (self._flat_rows(context, slots.row, slots.pos)[:, None] * vocab
-                         + self.coord_ids.to(z.device)[None, :])
-            rows, coord = _FusedGather.apply(z.reshape(-1), flat_rows, coord_idx, vocab)
-            cache[context] = (flat_rows, rows, coord)
+            slot_flat = self._flat_rows(context, slots.row, slots.pos)
+            coord_idx = slot_flat[:, None] * vocab + self.coord_ids.to(z.device)[None, :]
+            slot_idx = slot_flat if self.gather_slot_rows else slot_flat[:0]
+            rows, slot_rows, coord = _FusedGather.apply(z.reshape(-1), flat_rows, slot_idx, coord_idx, vocab)
+            cache[context] = Gathered(flat_rows, rows, coord, slot_rows if self.gather_slot_rows else None)
         return cache[context]
 
     def _flat_rows(self, context: str, row: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -84,14 +84,13 @@ class ObjectivePipeline:
         return entry.enabled and channel in entry.channels
 
     def __call__(self, ctx: TeacherForcingContext) -> PipelineResult:
-        ctx = ctx.with_ce_table(self.ce_table)
+        runnable = [(e, m) for e, m in self._objective if self._runs(e, ctx.channel) and e.weight > 0]
+        ctx = ctx.prepared(self.ce_table, gather_slot_rows=any(m.reads_slot_rows(ctx) for _, m in runnable))
         total = torch.zeros((), dtype=torch.float32, device=ctx.input_ids.device)
         terms: dict[str, torch.Tensor] = {}
         breakdown: dict[str, torch.Tensor] = {}
         denominators: dict[str, str] = {}
-        for entry, module in self._objective:
-            if not self._runs(entry, ctx.channel) or entry.weight <= 0:
-                continue
+        for entry, module in runnable:
             out = module(ctx)
             if out.loss is None:
                 raise RuntimeError(f"objective module {entry.name!r} returned no loss")

@@ -58,7 +58,7 @@ def _row_meta(labels_row: torch.Tensor, kept: Optional[torch.Tensor], pieces: Se
         types[a - lo: b - lo] = partition_token_types(ids, offsets_from_pieces(run_pieces),
                                                       scan_coordjson("".join(run_pieces)).desc_value_spans,
                                                       coord_ids, eos_id)
-    return SegmentMeta(prompt_len=lo, prefix_len=0, train_len=hi - lo, encoded_len=max(labels_row.numel(), hi),
+    return SegmentMeta(prompt_len=lo, prefix_len=0, train_len=hi - lo, encoded_len=labels_row.numel(),
                        prefix_struct_pos=_EMPTY, prefix_coord_pos=_EMPTY, prefix_matched_pos=_EMPTY,
                        tail_desc_pos=_EMPTY, tail_closure_pos=_EMPTY, bbox_groups_prefix=BBoxGroups(),
                        bbox_groups_fn=BBoxGroups(), n_drop_invalid=0, invalid_rollout=False, token_types=types)
@@ -72,8 +72,9 @@ def gt_context_from_labels(logits: torch.Tensor, labels: torch.Tensor, *, coord_
     ``logits [B, T, V]`` and unshifted ``labels [B, T]`` as the model returned / ms-swift passed them;
     ``pieces[id]``: decoded text of token ``id``; ``kept``: the bool ``logits_to_keep`` mask (compacted rows) or
     ``None``; ``denominators``: global counts by name (:data:`DENOMINATORS`) or ``None`` (micro-batch means)."""
-    kept = kept if isinstance(kept, torch.Tensor) and kept.dtype == torch.bool else None
-    meta = tuple(_row_meta(labels[b].cpu(), kept, pieces, coord_ids, eos_id) for b in range(labels.shape[0]))
+    kept = kept.cpu() if isinstance(kept, torch.Tensor) and kept.dtype == torch.bool else None
+    host = labels.cpu()  # one transfer; the token-type split reads ids on the host
+    meta = tuple(_row_meta(host[b], kept, pieces, coord_ids, eos_id) for b in range(host.shape[0]))
     return TeacherForcingContext(channel="A", input_ids=labels.clamp(min=0), logits={"gt": logits}, meta=meta,
                                  coord_ids=coord_ids, denominators=denominators)
 

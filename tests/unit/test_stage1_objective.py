@@ -476,3 +476,48 @@ def test_accumulation_window_denominators_match_one_big_batch():
     assert l_full == pytest.approx(float(ref), rel=1e-5)
     l_micro, _ = run(mbs, False)
     assert not math.isclose(l_micro, l_full, rel_tol=1e-4)  # differs by ~6e-4 relative here
+
+
+def test_token_accuracies_count_argmax_hits_per_target_kind():
+    """seed 000 1.9 (SPEC §2.5): token_acc / coord_token_acc / text_token_acc = full-vocab argmax hits over all /
+    coord / text targets; planted hits are counted exactly, a NaN row counts as a miss, ignored rows never count."""
+    b = _batch([0, 2])
+    labels = b["labels"]
+    m = stage1_masks(labels, LUT, IM_END)
+    logits = torch.zeros(*labels.shape, V)
+    logits[..., 99] = 1.0  # id 99 is never a target: the default argmax misses
+    rows = m.text.nonzero().tolist()[::2] + m.coord.nonzero().tolist()[::3]  # planted hits
+    for r, t in rows:
+        logits[r, t, int(labels[r, t + 1])] = 5.0
+    r_nan, t_nan = rows[0]
+    logits[r_nan, t_nan, 7] = float("nan")  # a NaN row: its planted hit is lost
+    ignored = (~(m.text | m.coord)).nonzero()[0].tolist()
+    logits[ignored[0], ignored[1], 3] = 9.0
+    got = step(logits, labels, W_ALL).accuracies
+    n_text_hit = len(m.text.nonzero().tolist()[::2]) - 1
+    n_coord_hit = len(m.coord.nonzero().tolist()[::3])
+    assert [int(x) for x in got["text_token_acc"]] == [n_text_hit, int(m.text.sum())]
+    assert [int(x) for x in got["coord_token_acc"]] == [n_coord_hit, int(m.coord.sum())]
+    assert [int(x) for x in got["token_acc"]] == [n_text_hit + n_coord_hit, int((m.text | m.coord).sum())]
+
+
+def test_one_implementation_per_component():
+    """seed 002 1.3 / 7B.1: Stage-1's objective is the registry's own module objects (token_ce, coord_reg) run by
+    the ObjectivePipeline, and in the whole package only losses/coord_dist.py and those two modules compute token
+    CE or coord-distribution losses (the trainers hold none; the coord_diag diagnostic reads log-probabilities)."""
+    from pathlib import Path
+
+    from coordexp_swift.teacher_forcing.registry import module_registry
+
+    reg = module_registry()
+    obj = objective(W_ALL)
+    assert [type(m) for _, m in obj.pipeline._objective] == [reg["token_ce"].cls, reg["coord_reg"].cls]
+    assert [type(m) for _, m in objective(W_ALL, enabled=False).pipeline._objective] == [reg["token_ce"].cls]
+    pkg = Path(__import__("coordexp_swift").__file__).parent
+    loss_call = re.compile(r"\b(cross_entropy|coord_terms|soft_ce|w1_cdf|coord_ce|coord_gate|text_gate|entropy|"
+                           r"expected_l1|expected_huber|log_softmax)\(")
+    users = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
+                   if any(loss_call.search(line) and not line.lstrip().startswith(("def ", "#", '"'))
+                          for line in p.read_text().splitlines()))
+    assert users == ["losses/coord_dist.py", "teacher_forcing/modules/coord_diag.py",
+                     "teacher_forcing/modules/coord_reg.py", "teacher_forcing/modules/token_ce.py"], users

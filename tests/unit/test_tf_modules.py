@@ -414,3 +414,35 @@ def test_nothing_supervised_gives_graph_connected_exact_zero():
     assert float(res.total.detach()) == 0.0 and res.metrics == {}
     res.total.backward()
     assert float(ctx.logits["gt"].grad.abs().sum()) == 0.0
+
+
+def test_caller_denominators_replace_local_means_and_are_reported():
+    """seed 002 7B.1 (SPEC §2.3 via §4.5): a context carrying global ``denominators`` divides every token_ce /
+    coord_reg mean by them instead of the local count — each value scales by local/global exactly — and the result
+    names which mean each key is; unknown names or several logits contexts are rejected."""
+    ctx, _ = a_context(seed=4, contexts=("gt",))
+    pipe = pipeline(RA, [{"name": "token_ce"},
+                         {"name": "coord_reg", "config": {"soft_ce_weight": 1.0, "w1_weight": 0.5, "coord_ce_weight":
+                                                          0.2, "text_gate_weight": 0.3}}])
+    local = pipe(ctx)
+    w, _ = ctx.ce_weights("gt")
+    types = ctx.layout.types
+    n = {"token_ce": float(w.sum()), "coord": float((types == 3).sum()),
+         "text_gate": float(((w > 0) & (types != 3) & (types != 4)).sum())}
+    assert all(v > 0 for v in n.values())
+    scaled = pipe(TeacherForcingContext(channel="A", input_ids=ctx.input_ids, logits=ctx.logits, meta=ctx.meta,
+                                        coord_ids=ctx.coord_ids,
+                                        denominators={k: torch.tensor(3 * v) for k, v in n.items()}))
+    assert scaled.denominators == {"loss/struct_ce": "token_ce", "loss/desc_ce": "token_ce",
+                                   "loss/coord_token_ce": "coord", "loss/coord_reg/soft_ce": "coord",
+                                   "loss/coord_reg/w1": "coord", "loss/coord_reg/text_gate": "text_gate"}
+    for key in scaled.denominators:
+        assert scaled.metrics[key] == pytest.approx(local.metrics[key] / 3, rel=1e-6), key
+    assert float(scaled.total) == pytest.approx(float(local.total) / 3, rel=1e-6)
+    with pytest.raises(RuntimeError, match="denominators"):
+        TeacherForcingContext(channel="A", input_ids=ctx.input_ids, logits=ctx.logits, meta=ctx.meta,
+                              coord_ids=ctx.coord_ids, denominators={"tokens": torch.tensor(1.0)})
+    two, _ = a_context(seed=4)
+    with pytest.raises(RuntimeError, match="one logits context"):
+        TeacherForcingContext(channel="A", input_ids=two.input_ids, logits=two.logits, meta=two.meta,
+                              coord_ids=two.coord_ids, denominators={"coord": torch.tensor(1.0)})

@@ -73,6 +73,11 @@ class PipelineModule(ABC):
         self.config = config
         self.settings = settings
 
+    def reads_slot_rows(self, ctx: Any) -> bool:
+        """Whether this module reads full-vocab logits rows at the coord slots of ``ctx`` (then the executor has
+        ``ctx.gathered`` include them, so every consumer shares one gradient buffer)."""
+        return False
+
     @abstractmethod
     def __call__(self, ctx: Any) -> ModuleOutput:
         """Compute the module's unweighted output on a ``TeacherForcingContext``."""

@@ -49,7 +49,7 @@ def decode_boxes(ctx: TeacherForcingContext, context: str, mode: str) -> tuple[t
     if context == "gt":  # gt slots are every coord target (Stage-1 polygons), not only the groups
         s = ctx.coord_logits_at(context, groups.row.repeat_interleave(4), groups.pos.reshape(-1))
     else:  # group slots, in group order: the context's shared fused gather
-        s = ctx.gathered(context)[2]
+        s = ctx.gathered(context).slot_coord
     coord_logits = s.reshape(-1, 4, s.shape[-1])
     pred = st.decode(coord_logits, mode)
     gt = groups.gt_bins.to(pred.device, torch.float32) / MAX_BIN

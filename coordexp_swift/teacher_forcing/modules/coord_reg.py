@@ -5,7 +5,8 @@ every coord target for ``gt``). With ``P = softmax(z[pos − 1, coord_ids]/τ)``
 ``soft_ce`` (Gaussian target σ, optional truncation), ``w1`` (CDF distance / MAX_BIN), ``coord_gate``
 (−log p_coord), ``entropy`` (−Σ P log P), ``el1`` (Σ P(k)·|k/MAX_BIN − g|), ``ehuber`` (Σ P(k)·Huber_δ) — each a
 mean over slots — and ``text_gate`` (mean over anchor-context positions with CE weight > 0, excluding coord and
-eos). Means use ``ctx.mean("coord" | "text_gate", …)``: local unless the caller gave global denominators. ``coord_ce`` (hard CE on the coord slice) is reported as its own component ``loss/coord_token_ce``; the other
+eos). Means use ``ctx.mean("coord" | "text_gate", …)``: local unless the caller gave global denominators.
+``coord_ce`` (hard CE on the coord slice) is reported as its own component ``loss/coord_token_ce``; the other
 sub-terms sum to ``loss/coord_reg``. In ``self_context`` softCE uses ``self_context_soft_ce_weight``.
 """
 from __future__ import annotations
@@ -137,17 +138,21 @@ class CoordRegModule(PipelineModule):
         out: dict[str, torch.Tensor] = {}
         fused = slot_terms & _FUSED
         if fused:
-            if "coord_gate" in fused:
-                rows, ids = ctx.logits_at(context, slots.row, slots.pos), ctx.coord_ids
-            else:  # the coord slice alone (identity ids) from the context's shared gather
-                rows = ctx.gathered(context)[2]
+            gathered = ctx.gathered(context)
+            if "coord_gate" in fused:  # full rows at the slots: from the shared gather when the executor asked
+                rows = gathered.slot_rows
+                if rows is None:
+                    rows = ctx.logits_at(context, slots.row, slots.pos)
+                ids = ctx.coord_ids
+            else:  # the coord slice alone (identity ids)
+                rows = gathered.slot_coord
                 ids = torch.arange(NUM_BINS, device=rows.device)
             got = coord_terms(rows, ids.to(rows.device), slots.target_bins.to(rows.device),
                               temperature=cfg.temperature, sigma=cfg.target_sigma, truncate=cfg.target_truncate,
                               want=frozenset(fused))
             out.update({t: ctx.mean("coord", v.sum(), v.numel()) for t, v in got.items()})
         if {"el1", "ehuber"} & slot_terms:
-            s = ctx.gathered(context)[2]
+            s = ctx.gathered(context).slot_coord
             g = slots.target_bins.to(s.device, torch.float32) / MAX_BIN
             if "el1" in slot_terms:
                 out["el1"] = ctx.mean("coord", expected_l1(s, g, cfg.temperature).sum(), g.numel())
@@ -156,12 +161,15 @@ class CoordRegModule(PipelineModule):
                                          g.numel())
         return out
 
+    def reads_slot_rows(self, ctx: TeacherForcingContext) -> bool:
+        return "coord_gate" in self.weights(ctx.geo_context)
+
     def _text_gate(self, ctx: TeacherForcingContext, zero: torch.Tensor) -> torch.Tensor:
-        anchor = ctx.anchor_context
-        w, _ = ctx.ce_weights(anchor)
-        types = ctx.layout.types
-        row, pos = torch.nonzero((w > 0) & (types != COORD) & (types != EOS), as_tuple=True)
-        if row.numel() == 0:
+        """Rows with CE weight > 0 (the anchor context's shared gather) whose target is neither coord nor eos."""
+        g = ctx.gathered(ctx.anchor_context)
+        t = ctx.layout.types.reshape(-1)[g.flat_rows + 1]
+        keep = torch.nonzero((t != COORD) & (t != EOS)).reshape(-1)
+        if keep.numel() == 0:
             return zero
-        return ctx.mean("text_gate", text_gate(ctx.logits_at(anchor, row, pos), ctx.coord_ids,
-                                               self.config.temperature).sum(), row.numel())
+        return ctx.mean("text_gate", text_gate(g.rows.index_select(0, keep), ctx.coord_ids,
+                                               self.config.temperature).sum(), keep.numel())

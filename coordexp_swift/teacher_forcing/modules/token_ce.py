@@ -1,10 +1,11 @@
 """``token_ce`` objective (SPEC §4.2-4.4): weighted token CE per context, split into struct / desc / coord parts.
 
 Per context c: ``token_ce_c = scale_c · Σ_t w_t·CE_t / max(Σ_t w_t, 1e-6)`` over positions with ``w_t > 0`` (0 if
-none; the denominator is the caller's global one when the context carries ``denominators["token_ce"]``), ``CE_t = −log softmax(z[t−1])[id_t]`` (full vocabulary, fp32, sanitised logits). The parts share the
-denominator: ``loss/struct_ce`` (struct + eos), ``loss/desc_ce``, ``loss/coord_token_ce`` (Stage-1 with the coord
-loss off); the ``self_context`` stabilizer adds to ``loss/struct_ce`` and is broken out as
-``loss/struct_ce/self_context``. A key is emitted iff its effective weight is > 0.
+none; ``Σ_t w_t`` is replaced by the caller's global count when the context carries ``denominators["token_ce"]``),
+``CE_t = −log softmax(z[t−1])[id_t]`` (full vocabulary, fp32, sanitised logits). The parts share the denominator:
+``loss/struct_ce`` (struct + eos), ``loss/desc_ce``, ``loss/coord_token_ce`` (Stage-1 with the coord loss off); the
+``self_context`` stabilizer adds to ``loss/struct_ce`` and is broken out as ``loss/struct_ce/self_context``.
+A key is emitted iff its effective weight is > 0.
 """
 from __future__ import annotations
 
@@ -99,13 +100,13 @@ def _parts(ctx: TeacherForcingContext, z: torch.Tensor, target_flat: torch.Tenso
     }
 
 
-def _context_parts(ctx: TeacherForcingContext, context: str, table: CEWeightTable) -> dict[str, torch.Tensor]:
-    """CE parts of ``context`` under ``table``: from the context's cached fused gather when ``table`` is the run's
-    table, else by gathering the rows with ``w > 0`` (logits at ``pos − 1``)."""
-    w, _ = ctx.ce_weights(context, table)
+def _context_parts(ctx: TeacherForcingContext, context: str, table: CEWeightTable,
+                   w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """CE parts of ``context`` under ``table`` (weights ``w [B, T]``): from the context's cached fused gather when
+    ``table`` is the run's table, else by gathering the rows with ``w > 0`` (logits at ``pos − 1``)."""
     if table == ctx.ce_table:
-        flat_rows, rows, _ = ctx.gathered(context)
-        return _parts(ctx, rows, flat_rows + 1, w)
+        g = ctx.gathered(context)
+        return _parts(ctx, g.rows, g.flat_rows + 1, w)
     row, pos = torch.nonzero(w > 0, as_tuple=True)
     seq = ctx.input_ids.shape[1]
     return _parts(ctx, ctx.logits_at(context, row, pos), row * seq + pos, w)
@@ -132,10 +133,10 @@ class TokenCEModule(PipelineModule):
             if context not in ctx.logits:
                 continue
             comp = table.component_weights(context)
-            _, scale = ctx.ce_weights(context, table)
+            w, scale = ctx.ce_weights(context, table)
             if scale <= 0 or all(v <= 0 for v in comp.values()):
                 continue
-            parts = _context_parts(ctx, context, table)
+            parts = _context_parts(ctx, context, table, w)
             for part, value in parts.items():
                 if comp[part] <= 0:
                     continue
@@ -146,4 +147,5 @@ class TokenCEModule(PipelineModule):
                 total = total + value
                 if context == "self_context":
                     breakdown[f"{key}/self_context"] = value
+                    denominators[f"{key}/self_context"] = "token_ce"
         return ModuleOutput(loss=total, terms=terms, breakdown=breakdown, denominators=denominators)
