@@ -27,7 +27,7 @@ from coordexp_swift.teacher_forcing.meta import BBoxGroups, SegmentMeta
 from coordexp_swift.teacher_forcing.pipeline import stage1_manifest
 from coordexp_swift.teacher_forcing.token_types import NONE, offsets_from_pieces, partition_token_types, scan_coordjson
 
-__all__ = ["Stage1Objective", "Stage1Step", "gt_context_from_labels", "supervised_runs"]
+__all__ = ["Stage1Objective", "Stage1Step", "gt_context_from_labels", "gt_meta_from_labels", "supervised_runs"]
 
 _EMPTY = torch.zeros(0, dtype=torch.long)
 
@@ -64,18 +64,25 @@ def _row_meta(labels_row: torch.Tensor, kept: Optional[torch.Tensor], pieces: Se
                        bbox_groups_fn=BBoxGroups(), n_drop_invalid=0, invalid_rollout=False, token_types=types)
 
 
-def gt_context_from_labels(logits: torch.Tensor, labels: torch.Tensor, *, coord_ids: torch.Tensor, eos_id: int,
-                           pieces: Sequence[str], kept: Optional[torch.Tensor] = None,
-                           denominators: Optional[dict[str, torch.Tensor]] = None) -> TeacherForcingContext:
-    """Channel-A context ``gt`` of a Stage-1 micro-batch (see the module docstring).
+def gt_meta_from_labels(labels: torch.Tensor, *, coord_ids: torch.Tensor, eos_id: int, pieces: Sequence[str],
+                        kept: Optional[torch.Tensor] = None) -> tuple[SegmentMeta, ...]:
+    """One ``SegmentMeta`` per row of unshifted ``labels [B, T]`` (see the module docstring). Host work only, so a
+    trainer can run it before the forward, overlapping the device.
 
-    ``logits [B, T, V]`` and unshifted ``labels [B, T]`` as the model returned / ms-swift passed them;
     ``pieces[id]``: decoded text of token ``id``; ``kept``: the bool ``logits_to_keep`` mask (compacted rows) or
-    ``None``; ``denominators``: global counts by name (:data:`DENOMINATORS`) or ``None`` (micro-batch means)."""
+    ``None``."""
     kept = kept.cpu() if isinstance(kept, torch.Tensor) and kept.dtype == torch.bool else None
     host = labels.cpu()  # one transfer; the token-type split reads ids on the host
-    meta = tuple(_row_meta(host[b], kept, pieces, coord_ids, eos_id) for b in range(host.shape[0]))
-    return TeacherForcingContext(channel="A", input_ids=labels.clamp(min=0), logits={"gt": logits}, meta=meta,
+    return tuple(_row_meta(host[b], kept, pieces, coord_ids, eos_id) for b in range(host.shape[0]))
+
+
+def gt_context_from_labels(logits: torch.Tensor, labels: torch.Tensor, meta: Sequence[SegmentMeta], *,
+                           coord_ids: torch.Tensor,
+                           denominators: Optional[dict[str, torch.Tensor]] = None) -> TeacherForcingContext:
+    """Channel-A context ``gt`` of a Stage-1 micro-batch: ``logits [B, T, V]`` and unshifted ``labels [B, T]`` as
+    the model returned / ms-swift passed them, ``meta`` from :func:`gt_meta_from_labels`; ``denominators``: global
+    counts by name (:data:`DENOMINATORS`) or ``None`` (micro-batch means)."""
+    return TeacherForcingContext(channel="A", input_ids=labels.clamp(min=0), logits={"gt": logits}, meta=tuple(meta),
                                  coord_ids=coord_ids, denominators=denominators)
 
 
@@ -121,13 +128,20 @@ class Stage1Objective:
         n_text, n_coord = m.text.sum(), m.coord.sum()
         return torch.stack([n_text if self.coord_enabled else n_text + n_coord, n_coord, m.text_gate.sum()])
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, *, kept: Optional[torch.Tensor] = None,
+    def meta(self, labels: torch.Tensor, kept: Optional[torch.Tensor] = None) -> tuple[SegmentMeta, ...]:
+        """:func:`gt_meta_from_labels` of ``labels`` (host work: call it before the forward)."""
+        return gt_meta_from_labels(labels, coord_ids=self.coord_ids, eos_id=self.eos_id, pieces=self.pieces,
+                                   kept=kept)
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, *,
+                 meta: Optional[Sequence[SegmentMeta]] = None, kept: Optional[torch.Tensor] = None,
                  window_counts: Optional[torch.Tensor] = None) -> Stage1Step:
-        """``window_counts``: ``[3]`` counts (:meth:`counts` summed over the accumulation window and ranks) to divide
-        by, or ``None`` for micro-batch means."""
+        """``meta``: :meth:`meta` of ``labels`` (computed here from ``kept`` when omitted); ``window_counts``:
+        ``[3]`` counts (:meth:`counts` summed over the accumulation window and ranks) to divide by, or ``None`` for
+        micro-batch means."""
         dens = None if window_counts is None else dict(zip(DENOMINATORS, window_counts))
-        ctx = gt_context_from_labels(logits, labels, coord_ids=self.coord_ids, eos_id=self.eos_id,
-                                     pieces=self.pieces, kept=kept, denominators=dens)
+        meta = self.meta(labels, kept) if meta is None else meta
+        ctx = gt_context_from_labels(logits, labels, meta, coord_ids=self.coord_ids, denominators=dens)
         res = self.pipeline(ctx)
         masks = self._masks(labels)
         with torch.no_grad():

@@ -73,13 +73,13 @@ class Stage1Trainer(Seq2SeqTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         fwd = {k: v for k, v in inputs.items() if k not in NON_FORWARD_KEYS}
+        meta = self.objective.meta(labels, inputs.get("logits_to_keep"))  # host work, before the forward is queued
         outputs = model(**fwd)
         logits = outputs.logits
         if logits.shape[:2] != labels.shape[:2]:
             raise RuntimeError(f"logits {tuple(logits.shape[:2])} do not align with labels {tuple(labels.shape[:2])}")
         use_window = self._window_counts is not None and num_items_in_batch is not None
-        step = self.objective(logits, labels, kept=inputs.get("logits_to_keep"),
-                              window_counts=self._window_counts if use_window else None)
+        step = self.objective(logits, labels, meta=meta, window_counts=self._window_counts if use_window else None)
         loss = step.loss
         if use_window and self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
             loss = loss * self.accelerator.num_processes

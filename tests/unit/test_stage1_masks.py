@@ -8,7 +8,7 @@ import torch
 from coordexp_swift.config import load_coordexp_config
 from coordexp_swift.coord.vocab import coord_token_ids, id_to_bin_lookup
 from coordexp_swift.losses.stage1 import stage1_masks
-from coordexp_swift.teacher_forcing.stage1 import gt_context_from_labels, supervised_runs
+from coordexp_swift.teacher_forcing.stage1 import gt_context_from_labels, gt_meta_from_labels, supervised_runs
 from tests.unit.stage1_scenarios import _compact
 
 TEXT_1 = ('{"objects": [{"desc": "red circle", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_30|>, '
@@ -38,8 +38,8 @@ def _segment(tok, text):
 
 def desc_target_mask(labels, pieces, coord_ids, im_end, kept=None):
     """[B, T-1] desc mask over shifted targets, read off the registry context built from ``labels``."""
-    ctx = gt_context_from_labels(torch.zeros(*labels.shape, 1), labels, coord_ids=coord_ids, eos_id=im_end,
-                                 pieces=pieces, kept=kept)
+    meta = gt_meta_from_labels(labels, coord_ids=coord_ids, eos_id=im_end, pieces=pieces, kept=kept)
+    ctx = gt_context_from_labels(torch.zeros(*labels.shape, 1), labels, meta, coord_ids=coord_ids)
     return ctx.type_mask("desc")[:, 1:]
 
 
