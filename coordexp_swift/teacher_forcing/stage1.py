@@ -14,8 +14,9 @@ every mean divides by them instead, and the logged values are rescaled back to m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from coordexp_swift.config.custom import CoordSoftCEW1Config
@@ -25,9 +26,10 @@ from coordexp_swift.teacher_forcing.context import DENOMINATORS, TeacherForcingC
 from coordexp_swift.teacher_forcing.executor import ObjectivePipeline
 from coordexp_swift.teacher_forcing.meta import BBoxGroups, SegmentMeta
 from coordexp_swift.teacher_forcing.pipeline import stage1_manifest
-from coordexp_swift.teacher_forcing.token_types import NONE, offsets_from_pieces, partition_token_types, scan_coordjson
+from coordexp_swift.teacher_forcing.token_types import NONE, partition_token_types, scan_coordjson
 
-__all__ = ["Stage1Objective", "Stage1Step", "gt_context_from_labels", "gt_meta_from_labels", "supervised_runs"]
+__all__ = ["PieceTable", "Stage1Objective", "Stage1Step", "gt_context_from_labels", "gt_meta_from_labels",
+           "supervised_runs"]
 
 _EMPTY = torch.zeros(0, dtype=torch.long)
 
@@ -47,16 +49,28 @@ def supervised_runs(labels_row: torch.Tensor, kept: Optional[torch.Tensor] = Non
     return [(int(pos[a]), int(pos[b - 1]) + 1) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _row_meta(labels_row: torch.Tensor, kept: Optional[torch.Tensor], pieces: Sequence[str],
+class PieceTable:
+    """Decoded text of every token id (``pieces[id]``), looked up by array indexing: no per-token Python loop."""
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        self.text = np.empty(len(pieces), dtype=object)
+        self.text[:] = list(pieces)
+        self.lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+
+    def render(self, ids: np.ndarray) -> tuple[str, np.ndarray]:
+        """``(text, offsets [L+1])`` of token ids ``[L]`` (offsets as in ``token_types.offsets_from_pieces``)."""
+        return "".join(self.text[ids]), np.concatenate([[0], np.cumsum(self.lengths[ids])])
+
+
+def _row_meta(labels_row: torch.Tensor, kept: Optional[torch.Tensor], pieces: PieceTable,
               coord_ids: torch.Tensor, eos_id: int) -> SegmentMeta:
     runs = supervised_runs(labels_row, kept)
     lo, hi = (runs[0][0], runs[-1][1]) if runs else (1, 1)
     types = torch.full((hi - lo,), NONE, dtype=torch.int8)
     for a, b in runs:
-        ids = labels_row[a:b].tolist()
-        run_pieces = [pieces[i] for i in ids]
-        types[a - lo: b - lo] = partition_token_types(ids, offsets_from_pieces(run_pieces),
-                                                      scan_coordjson("".join(run_pieces)).desc_value_spans,
+        ids = labels_row[a:b]
+        text, offsets = pieces.render(ids.numpy())
+        types[a - lo: b - lo] = partition_token_types(ids, offsets, scan_coordjson(text).desc_value_spans,
                                                       coord_ids, eos_id)
     return SegmentMeta(prompt_len=lo, prefix_len=0, train_len=hi - lo, encoded_len=labels_row.numel(),
                        prefix_struct_pos=_EMPTY, prefix_coord_pos=_EMPTY, prefix_matched_pos=_EMPTY,
@@ -64,13 +78,15 @@ def _row_meta(labels_row: torch.Tensor, kept: Optional[torch.Tensor], pieces: Se
                        bbox_groups_fn=BBoxGroups(), n_drop_invalid=0, invalid_rollout=False, token_types=types)
 
 
-def gt_meta_from_labels(labels: torch.Tensor, *, coord_ids: torch.Tensor, eos_id: int, pieces: Sequence[str],
+def gt_meta_from_labels(labels: torch.Tensor, *, coord_ids: torch.Tensor, eos_id: int,
+                        pieces: Union[PieceTable, Sequence[str]],
                         kept: Optional[torch.Tensor] = None) -> tuple[SegmentMeta, ...]:
     """One ``SegmentMeta`` per row of unshifted ``labels [B, T]`` (see the module docstring). Host work only, so a
     trainer can run it before the forward, overlapping the device.
 
-    ``pieces[id]``: decoded text of token ``id``; ``kept``: the bool ``logits_to_keep`` mask (compacted rows) or
-    ``None``."""
+    ``pieces``: decoded text per token id (a :class:`PieceTable`, or a sequence converted on each call); ``kept``:
+    the bool ``logits_to_keep`` mask (compacted rows) or ``None``."""
+    pieces = pieces if isinstance(pieces, PieceTable) else PieceTable(pieces)
     kept = kept.cpu() if isinstance(kept, torch.Tensor) and kept.dtype == torch.bool else None
     host = labels.cpu()  # one transfer; the token-type split reads ids on the host
     return tuple(_row_meta(host[b], kept, pieces, coord_ids, eos_id) for b in range(host.shape[0]))
@@ -113,7 +129,7 @@ class Stage1Objective:
         self.coord_ids = coord_ids
         self.coord_lut = id_to_bin_lookup(coord_ids, vocab_size)
         self.eos_id = eos_id
-        self.pieces = pieces
+        self.pieces = PieceTable(pieces)
 
     def counts(self, labels: torch.Tensor) -> torch.Tensor:
         """``[3]`` long: the local count of each mean in :data:`DENOMINATORS` order for unshifted ``labels`` —

@@ -8,7 +8,8 @@ import torch
 from coordexp_swift.config import load_coordexp_config
 from coordexp_swift.coord.vocab import coord_token_ids, id_to_bin_lookup
 from coordexp_swift.losses.stage1 import stage1_masks
-from coordexp_swift.teacher_forcing.stage1 import gt_context_from_labels, gt_meta_from_labels, supervised_runs
+from coordexp_swift.teacher_forcing.stage1 import (PieceTable, gt_context_from_labels, gt_meta_from_labels,
+                                                  supervised_runs)
 from tests.unit.stage1_scenarios import _compact
 
 TEXT_1 = ('{"objects": [{"desc": "red circle", "bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_30|>, '
@@ -18,16 +19,6 @@ TEXT_2 = ('{"objects": [{"desc": "a \\"b\\"", "bbox_2d": [<|coord_5|>, <|coord_6
 # (quotes excluded; a token straddling the value boundary counts as desc).
 DESC_TOKENS_1 = ["red", "Ġcircle"]
 DESC_TOKENS_2 = ["a", 'Ġ\\"', "b", '\\"",']
-
-
-class _Pieces:
-    """Lazy ``pieces[id]`` (the trainer precomputes the whole table)."""
-
-    def __init__(self, tok):
-        self.tok = tok
-
-    def __getitem__(self, i):
-        return self.tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def _segment(tok, text):
@@ -66,7 +57,8 @@ def test_stage1_masks_packed_equal_unpacked_and_frozen(tiny_tokenizer):
     pad = lambda lab: lab + [-100] * (width - len(lab))  # noqa: E731
     unpacked = torch.tensor([pad(lab1), pad(lab2)])
     packed = torch.tensor([lab1 + lab2])
-    pieces = _Pieces(tok)
+    pieces = PieceTable(tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=False,
+                                         clean_up_tokenization_spaces=False))  # as the trainer builds it
 
     m_u = stage1_masks(unpacked, lut, im_end)
     m_p = stage1_masks(packed, lut, im_end)
