@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from coordexp_swift.coord.codec import NUM_BINS
 from coordexp_swift.config.custom import CoordSoftCEW1Config
 from coordexp_swift.coord.vocab import coord_token_ids
-from coordexp_swift.losses.stage1 import IGNORE_INDEX, stage1_masks
+from coordexp_swift.losses.token_masks import IGNORE_INDEX, stage1_masks
 from coordexp_swift.teacher_forcing.stage1 import Stage1Objective
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stage1.json"

@@ -1,9 +1,23 @@
-"""The coord vocabulary V_c: token ids of ``<|coord_0|>``..``<|coord_999|>`` in bin order (SPEC §0)."""
+"""The coord vocabulary V_c (SPEC §0) and the ONE tokenizer/vocabulary view every consumer shares.
+
+:class:`VocabView` is built once per run from the tokenizer (trainers, eval, tools) and passed down: the coord ids
+in bin order, the id → bin table (host numpy + a per-device torch copy built once per device), the per-id decoded
+pieces (:class:`PieceTable`), the ``<|im_end|>`` id and ``encode``. Nothing below ``trainers``/``eval`` builds its
+own coord lookup or decodes ids one at a time through the tokenizer.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
 import torch
 
 from coordexp_swift.coord.codec import NUM_BINS, all_coord_tokens
+
+__all__ = ["IM_END_TOKEN", "PieceTable", "VocabView", "coord_token_ids", "id_to_bin_lookup"]
+
+IM_END_TOKEN = "<|im_end|>"
 
 
 def coord_token_ids(tokenizer) -> torch.Tensor:
@@ -31,3 +45,104 @@ def id_to_bin_lookup(coord_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     lut = torch.full((vocab_size,), -1, dtype=torch.long, device=coord_ids.device)
     lut[coord_ids] = torch.arange(NUM_BINS, device=coord_ids.device)
     return lut
+
+
+class PieceTable:
+    """Decoded text of every token id (``text[id]``: the id decoded alone, special tokens kept, no clean-up),
+    looked up by array indexing: no per-token Python loop, no tokenizer call."""
+
+    def __init__(self, pieces: Sequence[str]) -> None:
+        self.text = np.empty(len(pieces), dtype=object)
+        self.text[:] = list(pieces)
+        self.lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "PieceTable":
+        """Every id of ``tokenizer`` decoded alone (byte pieces of multi-byte characters decode to U+FFFD, which
+        keeps JSON structure and desc spans intact)."""
+        return cls(tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
+                                          clean_up_tokenization_spaces=False))
+
+    def pieces(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        """Per-id texts of ``ids`` ``[L]``."""
+        return list(self.text[np.asarray(ids, dtype=np.int64)])
+
+    def render(self, ids: Sequence[int] | np.ndarray) -> tuple[str, np.ndarray]:
+        """``(text, offsets [L+1])`` of token ids ``[L]``: token i covers ``text[offsets[i]:offsets[i+1]]``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return "".join(self.text[ids]), np.concatenate([[0], np.cumsum(self.lengths[ids])]).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class VocabView:
+    """One run's view of the tokenizer and vocabulary.
+
+    Fields: ``coord_ids [NUM_BINS]`` long (CPU) — id of bin k; ``id_to_bin [vocab_size]`` int64 numpy — bin of an
+    id, -1 for non-coord ids; ``pieces`` — decoded text per id; ``eos_id`` — ``<|im_end|>``; ``encode(text)`` —
+    ids without special-token additions; ``vocab_size`` ≥ every id the model or tokenizer can produce.
+    """
+
+    coord_ids: torch.Tensor
+    id_to_bin: np.ndarray
+    pieces: PieceTable
+    eos_id: int
+    encode: Callable[[str], list[int]]
+    vocab_size: int
+    _device_tables: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, vocab_size: int | None = None) -> "VocabView":
+        """Build the view (checks the coord tokens, decodes every id once). ``vocab_size`` defaults to
+        ``len(tokenizer)``; pass the model's output size when it is larger (padded embeddings)."""
+        coord_ids = coord_token_ids(tokenizer)
+        size = max(len(tokenizer), int(vocab_size or 0), int(coord_ids.max()) + 1)
+        eos = tokenizer.convert_tokens_to_ids(IM_END_TOKEN)
+        if not isinstance(eos, int) or eos < 0 or eos == getattr(tokenizer, "unk_token_id", None):
+            raise ValueError(f"tokenizer has no {IM_END_TOKEN} token (Qwen3-VL chat template expected)")
+        return cls.from_parts(coord_ids=coord_ids, pieces=PieceTable.from_tokenizer(tokenizer), eos_id=eos,
+                              encode=lambda text: list(tokenizer.encode(text, add_special_tokens=False)),
+                              vocab_size=size)
+
+    @classmethod
+    def from_parts(cls, *, coord_ids: torch.Tensor, pieces: PieceTable | Sequence[str], eos_id: int,
+                   encode: Callable[[str], list[int]], vocab_size: int | None = None) -> "VocabView":
+        """Build the view from its parts (tests, tools that hold no tokenizer object)."""
+        coord_ids = torch.as_tensor(coord_ids, dtype=torch.long).reshape(-1).cpu()
+        if coord_ids.shape != (NUM_BINS,):
+            raise ValueError(f"coord_ids must be [{NUM_BINS}], got {tuple(coord_ids.shape)}")
+        table = pieces if isinstance(pieces, PieceTable) else PieceTable(pieces)
+        size = max(len(table), int(vocab_size or 0), int(coord_ids.max()) + 1)
+        lut = np.full(size, -1, dtype=np.int64)
+        lut[coord_ids.numpy()] = np.arange(NUM_BINS, dtype=np.int64)
+        return cls(coord_ids=coord_ids, id_to_bin=lut, pieces=table, eos_id=int(eos_id), encode=encode,
+                   vocab_size=size)
+
+    def id_to_bin_on(self, device: torch.device | str) -> torch.Tensor:
+        """``[vocab_size]`` long id → bin table (-1 = not a coord id) on ``device``, built once per device."""
+        key = str(torch.device(device))
+        table = self._device_tables.get(key)
+        if table is None:
+            table = torch.from_numpy(self.id_to_bin).to(device)
+            self._device_tables[key] = table
+        return table
+
+    def coord_ids_on(self, device: torch.device | str) -> torch.Tensor:
+        """``coord_ids`` on ``device``, moved once per device."""
+        key = "coord_ids:" + str(torch.device(device))
+        ids = self._device_tables.get(key)
+        if ids is None:
+            ids = self.coord_ids.to(device)
+            self._device_tables[key] = ids
+        return ids
+
+    def is_coord(self, ids: np.ndarray) -> np.ndarray:
+        """Bool mask of coord ids (host numpy)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return self.id_to_bin[ids] >= 0
+
+    def bins(self, ids: np.ndarray) -> np.ndarray:
+        """Bin of each id (-1 for non-coord ids), host numpy."""
+        return self.id_to_bin[np.asarray(ids, dtype=np.int64)]

@@ -22,7 +22,7 @@ from coordexp_swift.teacher_forcing.meta import (
     offsets_from_pieces,
 )
 from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule, RunSettings
-from coordexp_swift.teacher_forcing.pipeline import (
+from coordexp_swift.teacher_forcing.manifest import (
     MANIFEST_FILENAME,
     PipelineEntry,
     PipelineManifest,

@@ -19,7 +19,7 @@ import torch
 
 from coordexp_swift.teacher_forcing.context import CEWeightTable, TeacherForcingContext
 from coordexp_swift.teacher_forcing.modules.base import PipelineModule, RunSettings, graph_zero
-from coordexp_swift.teacher_forcing.pipeline import PipelineEntry, PipelineManifest
+from coordexp_swift.teacher_forcing.manifest import PipelineEntry, PipelineManifest
 from coordexp_swift.teacher_forcing.registry import ModuleSpec, module_registry
 
 __all__ = ["CONTRIBUTION_KEYS", "ObjectivePipeline", "PipelineResult", "settings_from_config"]

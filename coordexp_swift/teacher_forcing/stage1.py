@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from coordexp_swift.config.custom import CoordSoftCEW1Config
-from coordexp_swift.coord.vocab import id_to_bin_lookup
-from coordexp_swift.losses.stage1 import IGNORE_INDEX, Stage1Masks, stage1_masks, token_accuracies
+from coordexp_swift.coord.vocab import PieceTable, id_to_bin_lookup
+from coordexp_swift.losses.token_masks import IGNORE_INDEX, Stage1Masks, stage1_masks, token_accuracies
 from coordexp_swift.teacher_forcing.context import DENOMINATORS, TeacherForcingContext
 from coordexp_swift.teacher_forcing.executor import ObjectivePipeline
 from coordexp_swift.teacher_forcing.meta import BBoxGroups, SegmentMeta
-from coordexp_swift.teacher_forcing.pipeline import stage1_manifest
+from coordexp_swift.teacher_forcing.manifest import stage1_manifest
 from coordexp_swift.teacher_forcing.token_types import NONE, partition_token_types, scan_coordjson
 
 __all__ = ["PieceTable", "Stage1Objective", "Stage1Step", "gt_context_from_labels", "gt_meta_from_labels",
@@ -47,19 +47,6 @@ def supervised_runs(labels_row: torch.Tensor, kept: Optional[torch.Tensor] = Non
     breaks = (torch.nonzero(orig[1:] - orig[:-1] != 1).reshape(-1) + 1).tolist()
     bounds = [0, *breaks, pos.numel()]
     return [(int(pos[a]), int(pos[b - 1]) + 1) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-class PieceTable:
-    """Decoded text of every token id (``pieces[id]``), looked up by array indexing: no per-token Python loop."""
-
-    def __init__(self, pieces: Sequence[str]) -> None:
-        self.text = np.empty(len(pieces), dtype=object)
-        self.text[:] = list(pieces)
-        self.lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
-
-    def render(self, ids: np.ndarray) -> tuple[str, np.ndarray]:
-        """``(text, offsets [L+1])`` of token ids ``[L]`` (offsets as in ``token_types.offsets_from_pieces``)."""
-        return "".join(self.text[ids]), np.concatenate([[0], np.cumsum(self.lengths[ids])])
 
 
 def _row_meta(labels_row: torch.Tensor, kept: Optional[torch.Tensor], pieces: PieceTable,

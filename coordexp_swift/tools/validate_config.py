@@ -34,7 +34,7 @@ def describe(ctx: RunContext) -> list[str]:
     """``variant: ...``; for Stage-2 also the resolved modules and ``pipeline_checksum: <hex>`` on its own line."""
     lines = [f"variant: {ctx.config.variant}"]
     if ctx.config.variant != "stage1":
-        from coordexp_swift.teacher_forcing.pipeline import describe_pipeline
+        from coordexp_swift.teacher_forcing.manifest import describe_pipeline
 
         modules, checksum = describe_pipeline(ctx.config)
         lines += [*modules, f"pipeline_checksum: {checksum}"]

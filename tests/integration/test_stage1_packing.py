@@ -24,7 +24,7 @@ from coordexp_swift.data.coordjson import to_swift_row
 from coordexp_swift.data.records import iter_jsonl
 from coordexp_swift.losses.coord_dist import coord_terms, text_gate
 from coordexp_swift.config.custom import CoordSoftCEW1Config
-from coordexp_swift.losses.stage1 import IGNORE_INDEX, stage1_masks
+from coordexp_swift.losses.token_masks import IGNORE_INDEX, stage1_masks
 from coordexp_swift.teacher_forcing.stage1 import Stage1Objective
 
 pytestmark = pytest.mark.integration

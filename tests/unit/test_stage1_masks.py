@@ -7,7 +7,7 @@ import torch
 
 from coordexp_swift.config import load_coordexp_config
 from coordexp_swift.coord.vocab import coord_token_ids, id_to_bin_lookup
-from coordexp_swift.losses.stage1 import stage1_masks
+from coordexp_swift.losses.token_masks import stage1_masks
 from coordexp_swift.teacher_forcing.stage1 import (PieceTable, gt_context_from_labels, gt_meta_from_labels,
                                                   supervised_runs)
 from tests.unit.stage1_scenarios import _compact

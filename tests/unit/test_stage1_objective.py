@@ -1,6 +1,6 @@
 """Stage-1 objective end to end on synthetic tensors (SPEC §2.2-2.4; §9 rows 000 1.2, 1.3, 1.4, 1.7).
 
-The code under test is ``coordexp_swift.losses.stage1`` (masks), ``teacher_forcing.stage1.Stage1Objective`` (the
+The code under test is ``coordexp_swift.losses.token_masks`` (masks), ``teacher_forcing.stage1.Stage1Objective`` (the
 registry's ``token_ce`` / ``coord_reg`` modules on the ``gt`` context built from labels) and
 ``Stage1Trainer.compute_loss`` / ``_get_num_items_in_batch`` (one forward, weights, denominators), run on a bare
 trainer instance (``__new__`` + the attributes those two methods read) so no ``swift sft`` is needed.
@@ -32,7 +32,7 @@ from coordexp_swift.coord.codec import MAX_BIN, NUM_BINS
 from coordexp_swift.coord.vocab import id_to_bin_lookup
 from coordexp_swift.losses.coord_dist import gaussian_soft_labels
 from coordexp_swift.config.custom import CoordSoftCEW1Config
-from coordexp_swift.losses.stage1 import IGNORE_INDEX, stage1_masks
+from coordexp_swift.losses.token_masks import IGNORE_INDEX, stage1_masks
 from coordexp_swift.teacher_forcing.stage1 import Stage1Objective, Stage1Step
 from coordexp_swift.trainers.stage1 import Stage1Trainer
 

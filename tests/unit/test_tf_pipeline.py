@@ -20,7 +20,7 @@ from coordexp_swift.teacher_forcing import (
     resolve_pipeline,
     write_manifest,
 )
-from coordexp_swift.teacher_forcing.pipeline import MANIFEST_FILENAME
+from coordexp_swift.teacher_forcing.manifest import MANIFEST_FILENAME
 
 GOLDEN = str(Path(__file__).resolve().parents[1] / "golden" / "pipeline_manifest_{}.json")
 CHECKSUMS = {"two_channel": "7ac21c5c36850a970028595ba9863045f7a3e175914098f89e1b7ef9cf380e34",
