@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import copy
 import hashlib
 import json
 import logging
@@ -220,9 +219,44 @@ def test_entry_point_discovery(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "tf_ext_mod", raising=False)
 
 
-def test_manifest_identity_is_deep_copy_safe():
-    """seed 002 9.1B: the identity is plain data; mutating a copy does not change the checksum."""
-    m = resolve_pipeline(two())
-    ident = copy.deepcopy(m.identity())
-    ident["objective"][0]["weight"] = 2.0
-    assert m.checksum == CHECKSUMS["two_channel"]
+def _mutate_all(node):
+    """Change every leaf and container of a plain-data tree in place."""
+    if isinstance(node, dict):
+        for k in list(node):
+            if isinstance(node[k], (dict, list)):
+                _mutate_all(node[k])
+            else:
+                node[k] = "mutated"
+        node["added"] = 1
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            if isinstance(v, (dict, list)):
+                _mutate_all(v)
+            else:
+                node[i] = "mutated"
+        node.append("added")
+
+
+def _is_plain(node) -> bool:
+    if isinstance(node, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in node.items())
+    if isinstance(node, list):
+        return all(_is_plain(v) for v in node)
+    return node is None or isinstance(node, (bool, int, float, str))
+
+
+def test_manifest_identity_is_plain_data_and_mutation_safe():
+    """seed 002 9.1B: ``identity()`` returns fresh plain data (dict/list/str/number/bool/None only); mutating every
+    container and leaf of the returned object in place — config dicts, channel lists, ``extra`` — changes neither
+    the manifest's identity, canonical JSON nor checksum (still the golden one)."""
+    m = resolve_pipeline(two(stage2_ab={"coord_decode_mode": "st"}))
+    fresh = m.identity()
+    want_json, want_sum = m.canonical_json(), m.checksum
+    assert _is_plain(fresh) and fresh["extra"]["stage2_ab.coord_decode_mode"] == "st"
+    ident = m.identity()
+    _mutate_all(ident)
+    assert ident["objective"][0]["weight"] == "mutated" and ident["extra"]["added"] == 1
+    assert m.identity() == fresh and m.canonical_json() == want_json and m.checksum == want_sum
+    d = resolve_pipeline(two())
+    _mutate_all(d.identity())
+    assert d.checksum == CHECKSUMS["two_channel"] and d.canonical_json().encode() == golden("two_channel").rstrip(b"\n")
