@@ -22,11 +22,9 @@ from swift.trainers import Seq2SeqTrainer
 from coordexp_swift.coord.vocab import coord_token_ids
 from coordexp_swift.run_context import current, write_resolved_config
 from coordexp_swift.teacher_forcing.stage1 import Stage1Objective, Stage1Step
+from coordexp_swift.trainers.forwards import forward
 
 logger = logging.getLogger("coordexp_swift")
-
-# Keys ms-swift's collator adds that the model forward must not see.
-NON_FORWARD_KEYS = ("labels", "compute_loss_func", "loss_scale", "text_position_ids", "channel")
 
 
 class Stage1Trainer(Seq2SeqTrainer):
@@ -72,12 +70,10 @@ class Stage1Trainer(Seq2SeqTrainer):
     # --- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        fwd = {k: v for k, v in inputs.items() if k not in NON_FORWARD_KEYS}
         meta = self.objective.meta(labels, inputs.get("logits_to_keep"))  # host work, before the forward is queued
-        outputs = model(**fwd)
+        # the preamble (trainers/forwards.py); ms-swift's logits_to_keep passes through: guard logits vs labels
+        outputs = forward(model, inputs, sft_labels=labels)
         logits = outputs.logits
-        if logits.shape[:2] != labels.shape[:2]:
-            raise RuntimeError(f"logits {tuple(logits.shape[:2])} do not align with labels {tuple(labels.shape[:2])}")
         use_window = self._window_counts is not None and num_items_in_batch is not None
         step = self.objective(logits, labels, meta=meta, window_counts=self._window_counts if use_window else None)
         loss = step.loss
