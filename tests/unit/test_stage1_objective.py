@@ -20,12 +20,13 @@ import dataclasses
 import math
 import re
 import types
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from coordexp_swift.coord.codec import MAX_BIN, NUM_BINS
@@ -253,12 +254,53 @@ def test_coord_terms_match_per_position_reference(tau, sigma, truncate):
         assert float(got[key]) == pytest.approx(float(ref[name]), rel=1e-5, abs=1e-6), name
 
 
-def test_only_positive_weights_are_computed():
-    """seed 000 1.4 (SPEC §2.5): a term with weight 0 is neither computed nor returned."""
-    b = _batch([0])
-    logits = torch.randn(*b["labels"].shape, V)
-    got = step(logits, b["labels"], coord_loss(soft_ce_weight=1.0, w1_weight=0.0, gate_weight=0.0)).logged
-    assert {k for k in got if k.startswith("loss/coord")} == {"loss/coord_reg", "loss/coord_reg/soft_ce"}
+class _OpCounter(TorchDispatchMode):
+    """Counts every aten op (by overload packet) that reaches the dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+ALL_OFF = dict(ce_weight=0.0, soft_ce_weight=0.0, w1_weight=0.0, gate_weight=0.0, text_gate_weight=0.0)
+#: The ops that averaging an already computed per-slot value, weighting it by λ and adding it to the total use
+#: (sum / clamp_min + div for the mean, lift_fresh + mul for λ, add, detach for logging) — measured by making the
+#: objective compute every coord term and keep only the positive ones: turning a term on then adds only these.
+COMBINE_OPS = frozenset({"aten.sum", "aten.clamp_min", "aten.div", "aten.lift_fresh", "aten.mul", "aten.add",
+                         "aten.detach"})
+
+
+def _objective_ops(w: CoordSoftCEW1Config) -> tuple[Counter[str], dict[str, torch.Tensor]]:
+    """The aten ops one objective micro-batch runs on a fixed batch, and its logged keys."""
+    b = _batch([0, 2])
+    logits = torch.randn(*b["labels"].shape, V, generator=torch.Generator().manual_seed(5))
+    with _OpCounter() as counter:
+        got = step(logits, b["labels"], w).logged
+    return counter.ops, got
+
+
+@pytest.mark.parametrize("field,key", [("w1_weight", "loss/coord_reg/w1"), ("gate_weight", "loss/coord_reg/coord_gate"),
+                                       ("ce_weight", "loss/coord_token_ce"),
+                                       ("text_gate_weight", "loss/coord_reg/text_gate")])
+def test_only_positive_weights_are_computed(field, key):
+    """seed 000 1.4 (SPEC §2.5): a term with weight 0 is neither computed nor returned. Computed = aten ops
+    dispatched: turning the term on (λ = 0.5, soft CE on in both runs) adds ops of the term's own arithmetic, not
+    only the ``COMBINE_OPS`` that weighting a value computed anyway would add; W1 is the only term with a CDF, so
+    with λ_W1 = 0 no ``cumsum`` runs."""
+    base = coord_loss(**{**ALL_OFF, "soft_ce_weight": 1.0})
+    off, off_keys = _objective_ops(base)
+    on, on_keys = _objective_ops(dataclasses.replace(base, **{field: 0.5}))
+    assert _objective_ops(base)[0] == off  # the trace is deterministic
+    assert {k for k in off_keys if k.startswith("loss/coord")} == {"loss/coord_reg", "loss/coord_reg/soft_ce"}
+    assert key in on_keys
+    extra = on - off
+    assert set(extra) - COMBINE_OPS, dict(extra)
+    if field == "w1_weight":
+        assert off["aten.cumsum"] == 0 < on["aten.cumsum"]
 
 
 # ----------------------------------------------------------------------------------------------- total loss
