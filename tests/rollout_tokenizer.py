@@ -20,7 +20,7 @@ SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|im_end|>")
 
 
 class FakeByteTokenizer:
-    """Greedy longest-match byte-level tokenizer; see module doc. Implements the parser's protocol."""
+    """Greedy longest-match byte-level tokenizer; see module doc. ``view`` is its VocabView."""
 
     def __init__(self, merges: Sequence[str | bytes] = MERGES) -> None:
         self.vocab: list[bytes | str] = [bytes([b]) for b in range(256)]
@@ -37,6 +37,7 @@ class FakeByteTokenizer:
         self.im_end_id = self.special_ids["<|im_end|>"]
         self._literal_ids = {v: i for i, v in enumerate(self.vocab) if isinstance(v, str)}
         self._split = re.compile("(" + "|".join(re.escape(s) for s in self._literal_ids) + ")")
+        self._view = None
 
     @property
     def vocab_size(self) -> int:
@@ -82,15 +83,19 @@ class FakeByteTokenizer:
                         break
         return ids
 
-    def parse_kwargs(self) -> dict:
-        """Keyword arguments for :func:`coordexp_swift.rollout.parse.parse_rollout`."""
-        return {
-            "decode_token": self.decode_token,
-            "encode": self.encode,
-            "coord_id_to_bin": self.coord_id_to_bin,
-            "im_end_id": self.im_end_id,
-            "decode_ids": self.decode_ids,
-        }
+    @property
+    def view(self):
+        """The :class:`~coordexp_swift.coord.vocab.VocabView` of this vocabulary (what the parser takes)."""
+        if self._view is None:
+            import torch
+
+            from coordexp_swift.coord.vocab import VocabView
+
+            self._view = VocabView.from_parts(
+                coord_ids=torch.arange(self.coord_base, self.coord_base + 1000),
+                pieces=[self.decode_token(i) for i in range(self.vocab_size)], eos_id=self.im_end_id,
+                encode=self.encode, decode=self.decode_ids)
+        return self._view
 
 
 def check_prefix_contract(ids: Sequence[int], parsed, decode_token) -> None:
@@ -107,3 +112,18 @@ def check_prefix_contract(ids: Sequence[int], parsed, decode_token) -> None:
         assert piece.startswith(rest) and piece != rest, (piece, rest)
     assert "".join(decode_token(i) for i in prefix) == parsed.prefix_text
     assert parsed.prefix_text.rstrip(" \t\n\r").endswith(("[", "}")), parsed.prefix_text
+
+
+_REAL_VIEWS: dict = {}
+
+
+def real_view(vocab: str = "qwen"):
+    """``(tokenizer, VocabView)`` of the tiny model's real tokenizer (``"qwen"``: the Qwen byte-level BPE with the
+    coord tokens at their real ids; ``"compact"``: the demo BPE), built once per process."""
+    if vocab not in _REAL_VIEWS:
+        from coordexp_swift.coord.vocab import VocabView
+        from coordexp_swift.tools.tiny_model import build_tokenizer
+
+        tok = build_tokenizer(vocab=vocab)
+        _REAL_VIEWS[vocab] = (tok, VocabView.from_tokenizer(tok))
+    return _REAL_VIEWS[vocab]

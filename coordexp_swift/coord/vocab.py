@@ -8,7 +8,7 @@ own coord lookup or decodes ids one at a time through the tokenizer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -81,8 +81,11 @@ class VocabView:
     """One run's view of the tokenizer and vocabulary.
 
     Fields: ``coord_ids [NUM_BINS]`` long (CPU) — id of bin k; ``id_to_bin [vocab_size]`` int64 numpy — bin of an
-    id, -1 for non-coord ids; ``pieces`` — decoded text per id; ``eos_id`` — ``<|im_end|>``; ``encode(text)`` —
-    ids without special-token additions; ``vocab_size`` ≥ every id the model or tokenizer can produce.
+    id, -1 for non-coord ids; ``pieces`` — decoded text per id (``vocab_size`` entries; ids the tokenizer does not
+    know, e.g. padded embedding rows, decode to ``""``); ``eos_id`` — ``<|im_end|>``; ``encode(text)`` — ids
+    without special-token additions; ``vocab_size`` ≥ every id the model or tokenizer can produce; ``decode(ids)``
+    (optional) — joint decode of several ids (special tokens kept, no clean-up), used only where per-id pieces lose
+    information (U+FFFD halves of multi-byte characters).
     """
 
     coord_ids: torch.Tensor
@@ -91,7 +94,8 @@ class VocabView:
     eos_id: int
     encode: Callable[[str], list[int]]
     vocab_size: int
-    _device_tables: dict = field(default_factory=dict, repr=False)
+    decode: Optional[Callable[[Sequence[int]], str]] = None
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_tokenizer(cls, tokenizer, vocab_size: int | None = None) -> "VocabView":
@@ -102,40 +106,53 @@ class VocabView:
         eos = tokenizer.convert_tokens_to_ids(IM_END_TOKEN)
         if not isinstance(eos, int) or eos < 0 or eos == getattr(tokenizer, "unk_token_id", None):
             raise ValueError(f"tokenizer has no {IM_END_TOKEN} token (Qwen3-VL chat template expected)")
-        return cls.from_parts(coord_ids=coord_ids, pieces=PieceTable.from_tokenizer(tokenizer), eos_id=eos,
-                              encode=lambda text: list(tokenizer.encode(text, add_special_tokens=False)),
-                              vocab_size=size)
+        return cls.from_parts(
+            coord_ids=coord_ids, pieces=PieceTable.from_tokenizer(tokenizer), eos_id=eos,
+            encode=lambda text: list(tokenizer.encode(text, add_special_tokens=False)), vocab_size=size,
+            decode=lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False,
+                                                clean_up_tokenization_spaces=False))
 
     @classmethod
     def from_parts(cls, *, coord_ids: torch.Tensor, pieces: PieceTable | Sequence[str], eos_id: int,
-                   encode: Callable[[str], list[int]], vocab_size: int | None = None) -> "VocabView":
+                   encode: Callable[[str], list[int]], vocab_size: int | None = None,
+                   decode: Optional[Callable[[Sequence[int]], str]] = None) -> "VocabView":
         """Build the view from its parts (tests, tools that hold no tokenizer object)."""
         coord_ids = torch.as_tensor(coord_ids, dtype=torch.long).reshape(-1).cpu()
         if coord_ids.shape != (NUM_BINS,):
             raise ValueError(f"coord_ids must be [{NUM_BINS}], got {tuple(coord_ids.shape)}")
         table = pieces if isinstance(pieces, PieceTable) else PieceTable(pieces)
         size = max(len(table), int(vocab_size or 0), int(coord_ids.max()) + 1)
+        if len(table) < size:
+            table = PieceTable(list(table.text) + [""] * (size - len(table)))
         lut = np.full(size, -1, dtype=np.int64)
         lut[coord_ids.numpy()] = np.arange(NUM_BINS, dtype=np.int64)
         return cls(coord_ids=coord_ids, id_to_bin=lut, pieces=table, eos_id=int(eos_id), encode=encode,
-                   vocab_size=size)
+                   vocab_size=size, decode=decode)
+
+    def encode_cached(self, text: str) -> tuple[int, ...]:
+        """``encode(text)`` memoised on this view (constant texts such as the empty opener)."""
+        key = ("encode", text)
+        ids = self._cache.get(key)
+        if ids is None:
+            ids = self._cache[key] = tuple(int(i) for i in self.encode(text))
+        return ids
 
     def id_to_bin_on(self, device: torch.device | str) -> torch.Tensor:
         """``[vocab_size]`` long id → bin table (-1 = not a coord id) on ``device``, built once per device."""
         key = str(torch.device(device))
-        table = self._device_tables.get(key)
+        table = self._cache.get(key)
         if table is None:
             table = torch.from_numpy(self.id_to_bin).to(device)
-            self._device_tables[key] = table
+            self._cache[key] = table
         return table
 
     def coord_ids_on(self, device: torch.device | str) -> torch.Tensor:
         """``coord_ids`` on ``device``, moved once per device."""
         key = "coord_ids:" + str(torch.device(device))
-        ids = self._device_tables.get(key)
+        ids = self._cache.get(key)
         if ids is None:
             ids = self.coord_ids.to(device)
-            self._device_tables[key] = ids
+            self._cache[key] = ids
         return ids
 
     def is_coord(self, ids: np.ndarray) -> np.ndarray:

@@ -1,12 +1,13 @@
 """Strict rollout parser (SPEC §1.3, §3.6 B1): salvage valid CoordJSON records, never repair, never raise.
 
-Two views share one text scanner (:func:`scan_text`):
+Two views share one scan (:func:`scan_text`, on the one CoordJSON scanner :mod:`coordexp_swift.data.coordjson_scan`):
 
-* :func:`parse_rollout` — the token-aligned view used by Channel-B. Each generated id is decoded on its own,
-  the pieces are concatenated (per-token char offsets kept) and cut at the first ``<|im_end|>`` id. Valid records
+* :func:`parse_rollout` — the token-aligned view used by Channel-B. The generated ids are rendered through the
+  run's :class:`~coordexp_swift.coord.vocab.VocabView` piece table (each id's own decoded text, concatenated, with
+  per-token char offsets; no tokenizer call per token) and cut at the first ``<|im_end|>`` id. Valid records
   become predictions with their coord-slot token indices; the kept prefix ids are the model's own ids, except that
   a cut falling inside a token replaces only that token by the tokenisation of its needed leading piece.
-* :func:`parse_text` — the text view used by tools (offline eval, visualisation): same scanner on a string.
+* :func:`parse_text` — the text view used by tools (offline eval, visualisation): same scan on a string.
 
 Grammar accepted after the opener ``{ "objects" : [`` (whitespace-tolerant, must be the first non-whitespace text):
 balanced ``{...}`` records (string- and escape-aware brace matching) separated by anything; the array ends at the
@@ -22,8 +23,9 @@ first top-level ``]``. A record's text is parsed as JSON extended with one value
 ``missing_desc``      no ``desc``, or it is not a string that is non-empty after ``strip()``
 ``malformed``         no ``bbox_2d`` key, or its value is not an array
 ``order_violation``   the two keys are not in the configured ``object_field_order``
-``non_coord_token``   an array element is not a bare coord literal with k in 0..999 (quoted tokens, numbers,
-                      nested arrays, ``<|coord_1000|>``)
+``non_coord_token``   an array element is not a coord token: quoted tokens, numbers, nested arrays, and literals
+                      ``<|coord_k|>`` whose k is not the canonical ASCII decimal of a bin 0..999 (``<|coord_1000|>``,
+                      ``<|coord_01|>``, non-ASCII digits: no tokenizer id spells them)
 ``wrong_arity``       not exactly 4 elements; token view: not exactly 4 ids of V_c inside the geometry span
 ``bbox_invalid``      ``x2 < x1`` or ``y2 < y1`` (equality allowed)
 ====================  ============================================================================================
@@ -38,21 +40,35 @@ a cut token whose leading piece does not re-tokenise to exactly that text): pref
 
 **Non-ASCII text.** Byte-level BPE ids can carry part of a multi-byte UTF-8 character; decoding such an id alone
 yields U+FFFD. JSON structure is ASCII, and ASCII bytes always decode to themselves, so structure, offsets and cuts
-are exact on the per-token text. Only a ``desc`` can contain U+FFFD: if ``decode_ids`` (joint decode of several
-ids) is given, the desc of a valid record is re-decoded from its tokens jointly; otherwise it keeps U+FFFD. A cut
-piece that contains U+FFFD is never re-encoded (its bytes are unknown): that rollout is invalid.
+are exact on the per-token text. Only a ``desc`` can contain U+FFFD: if the vocab view has a joint ``decode``, the
+desc of a valid record is re-decoded from its tokens jointly; otherwise it keeps U+FFFD. A cut piece that contains
+U+FFFD is never re-encoded (its bytes are unknown): that rollout is invalid.
+
+**Speed.** Records in the common shape (the canonical grammar with any JSON whitespace, canonical coord literals)
+are classified by one compiled regex; every other record goes through the general JSON-with-bare-coords parser,
+which gives the same answer on the records the regex accepts (see ``tests/property/test_parse_props.py``).
 """
 from __future__ import annotations
 
-import bisect
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordexp_swift.coord.codec import COORD_TOKEN_RE, MAX_BIN  # accepts \d{1,4}; range-checked below
+import numpy as np
+
+from coordexp_swift.coord.vocab import VocabView
 from coordexp_swift.data.coordjson import field_slots
+from coordexp_swift.data.coordjson_scan import (
+    JSON_WS,
+    STRING_RE,
+    Lexed,
+    lex,
+    scan_items,
+    token_range,
+    tokens_overlapping_ranges,
+)
 
 __all__ = [
     "DROP_REASONS",
@@ -85,21 +101,36 @@ DROP_REASONS: tuple[str, ...] = (
 EMPTY_OPENER_TEXT = '{"objects": ['
 IM_END_TEXT = "<|im_end|>"
 _OPENER_RE = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"objects"[ \t\n\r]*:[ \t\n\r]*\[')
-_WS = " \t\n\r"
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+# The lexical shape of a coord literal (any Unicode digits); only canonical ASCII 0..999 is a coord token.
+_COORD_LIKE_RE = re.compile(r"<\|coord_(\d{1,4})\|>")
+_CANONICAL_BIN = r"0|[1-9][0-9]{0,2}"
+_CANONICAL_BIN_RE = re.compile(_CANONICAL_BIN)
 _POLY_KEYS = frozenset({"poly", "poly_points"})
 _MAX_DEPTH = 32
 
 Span = tuple[int, int]
 
 
-def _check_field_order(object_field_order: str) -> tuple[str, str]:
+def _key_order(object_field_order: str) -> tuple[str, ...]:
     """Key order of a valid (bbox-only) record for ``custom.object_field_order``."""
     return tuple("bbox_2d" if slot == "geometry" else slot for slot in field_slots(object_field_order))
 
 
+def _fast_record_re(key_order: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex for a valid-looking record: the two keys in order, a desc string, 4 canonical coord literals."""
+    w = r"[ \t\n\r]*"
+    coord = [rf"<\|coord_(?P<c{i}>{_CANONICAL_BIN})\|>" for i in range(4)]
+    box = rf"(?P<box>\[{w}" + rf"{w},{w}".join(coord) + rf"{w}\])"
+    fields = {"desc": rf'"desc"{w}:{w}(?P<desc>{STRING_RE.pattern})', "bbox_2d": rf'"bbox_2d"{w}:{w}{box}'}
+    return re.compile(rf"\{{{w}" + rf"{w},{w}".join(fields[k] for k in key_order) + rf"{w}\}}", re.DOTALL)
+
+
+_FAST = {order: _fast_record_re(_key_order(order)) for order in ("desc_first", "geometry_first")}
+
+
 # --------------------------------------------------------------------------------------------------------------
-# Record value parser: JSON + bare coord literals. Internal; _Malformed never escapes this module.
+# Record value parser (general path): JSON + bare coord literals. Internal; _Malformed never escapes this module.
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -111,29 +142,15 @@ class _Malformed(Exception):
 class _Value:
     kind: str  # "string" | "number" | "literal" | "coord" | "array" | "object"
     span: Span  # char span of the whole value
-    value: Any = None  # decoded string, coord bin (int, unchecked range), or None
+    value: Any = None  # decoded string, or the digit string of a coord literal, or None
     items: tuple["_Value", ...] = ()  # array elements
     members: tuple[tuple[str, "_Value"], ...] = ()  # object (key, value) in text order
 
 
 def _skip_ws(text: str, pos: int, end: int) -> int:
-    while pos < end and text[pos] in _WS:
+    while pos < end and text[pos] in JSON_WS:
         pos += 1
     return pos
-
-
-def _string_end(text: str, pos: int, end: int) -> int:
-    """``text[pos] == '"'``; index just past the closing quote, or -1 if unterminated before ``end``."""
-    i = pos + 1
-    while i < end:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            return i + 1
-        i += 1
-    return -1
 
 
 def _parse_value(text: str, pos: int, end: int, depth: int) -> _Value:
@@ -142,14 +159,14 @@ def _parse_value(text: str, pos: int, end: int, depth: int) -> _Value:
         raise _Malformed
     c = text[pos]
     if c == '"':
-        stop = _string_end(text, pos, end)
-        if stop < 0:
+        m = STRING_RE.match(text, pos, end)
+        if m is None:
             raise _Malformed
         try:
-            s = json.loads(text[pos:stop])
+            s = json.loads(m.group())
         except ValueError:
             raise _Malformed from None
-        return _Value("string", (pos, stop), s)
+        return _Value("string", m.span(), s)
     if c == "{":
         return _parse_object(text, pos, end, depth + 1)
     if c == "[":
@@ -168,10 +185,10 @@ def _parse_value(text: str, pos: int, end: int, depth: int) -> _Value:
                 return _Value("array", (pos, i + 1), items=tuple(items))
             raise _Malformed
     if c == "<":
-        m = COORD_TOKEN_RE.match(text, pos, end)
+        m = _COORD_LIKE_RE.match(text, pos, end)
         if m is None:
             raise _Malformed
-        return _Value("coord", m.span(), int(m.group(1)))
+        return _Value("coord", m.span(), m.group(1))
     for lit in ("true", "false", "null"):
         if text.startswith(lit, pos, end):
             return _Value("literal", (pos, pos + len(lit)))
@@ -205,13 +222,13 @@ def _parse_object(text: str, pos: int, end: int, depth: int) -> _Value:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Shared scanner
+# Text-level scan
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ScannedRecord:
-    """One balanced ``{...}`` item of the objects array (text level).
+    """One item of the objects array (text level).
 
     ``reason`` is None for a valid record. For valid records ``desc``, ``bins`` (4 text-level bins x1,y1,x2,y2),
     ``desc_char_span`` (the desc JSON string literal, quotes included) and ``geometry_char_span`` (``[`` .. ``]``)
@@ -227,12 +244,13 @@ class ScannedRecord:
     geometry_char_span: Span | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ScanResult:
-    """Scanner output on a text already cut at the first ``<|im_end|>`` literal.
+    """Scan of a text already cut at the first ``<|im_end|>`` literal.
 
     ``opener_end`` is the index just past the opener ``[`` (None: no opener → invalid rollout). ``cut`` is the
-    prefix cut (0 when invalid). ``items`` are records and non-record items in text order.
+    prefix cut (0 when invalid). ``items`` are records and non-record items in text order. ``lexed``: the one
+    lexing pass over ``text`` (strings and structure), reused for desc-value spans by the target builder.
     """
 
     text: str
@@ -240,13 +258,33 @@ class ScanResult:
     items: tuple[ScannedRecord, ...]
     truncated: bool
     cut: int
+    lexed: Lexed
 
     @property
     def invalid_rollout(self) -> bool:
         return self.opener_end is None
 
 
-def _classify(text: str, span: Span, key_order: tuple[str, str]) -> ScannedRecord:
+def _classify_fast(text: str, span: Span, order: str) -> ScannedRecord | None:
+    m = _FAST[order].fullmatch(text, span[0], span[1])
+    if m is None:
+        return None
+    try:
+        desc = json.loads(m.group("desc"))
+    except ValueError:
+        return None
+    x1, y1, x2, y2 = (int(m.group(f"c{i}")) for i in range(4))
+    if not desc.strip() or x2 < x1 or y2 < y1:
+        return None
+    return ScannedRecord(span, None, True, desc, (x1, y1, x2, y2), m.span("desc"), m.span("box"))
+
+
+def _classify(text: str, span: Span, order: str) -> ScannedRecord:
+    fast = _classify_fast(text, span, order)
+    return fast if fast is not None else _classify_general(text, span, _key_order(order))
+
+
+def _classify_general(text: str, span: Span, key_order: tuple[str, ...]) -> ScannedRecord:
     start, stop = span
     try:
         obj = _parse_object(text, start, stop, 1)
@@ -271,7 +309,7 @@ def _classify(text: str, span: Span, key_order: tuple[str, str]) -> ScannedRecor
         return ScannedRecord(span, "malformed")
     if tuple(keys) != key_order:
         return ScannedRecord(span, "order_violation")
-    if any(v.kind != "coord" or not 0 <= v.value <= MAX_BIN for v in geom.items):
+    if any(v.kind != "coord" or _CANONICAL_BIN_RE.fullmatch(v.value) is None for v in geom.items):
         return ScannedRecord(span, "non_coord_token")
     if len(geom.items) != 4:
         return ScannedRecord(span, "wrong_arity")
@@ -281,79 +319,23 @@ def _classify(text: str, span: Span, key_order: tuple[str, str]) -> ScannedRecor
     return ScannedRecord(span, None, True, desc.value, (x1, y1, x2, y2), desc.span, geom.span)
 
 
-def _record_end(text: str, pos: int) -> int:
-    """``text[pos] == '{'``; index just past its matching ``}`` (string/escape aware), or -1 if unterminated."""
-    depth = 0
-    i, n = pos, len(text)
-    while i < n:
-        c = text[i]
-        if c == '"':
-            i = _string_end(text, i, n)
-            if i < 0:
-                return -1
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return -1
-
-
-def _junk_end(text: str, pos: int) -> int:
-    """End of a top-level non-record item starting at ``pos``: the next ``{``, ``,`` or ``]`` outside strings."""
-    i, n = pos, len(text)
-    while i < n:
-        c = text[i]
-        if c == '"':
-            i = _string_end(text, i, n)
-            if i < 0:
-                return n
-            continue
-        if c in "{,]":
-            return i
-        i += 1
-    return n
-
-
 def scan_text(text: str, object_field_order: str = "desc_first") -> ScanResult:
     """Scan a rollout text: cut at the first ``<|im_end|>`` literal, find the opener, classify every item.
 
     Never raises on any ``text`` (only on an unknown ``object_field_order``).
     """
-    key_order = _check_field_order(object_field_order)
+    _key_order(object_field_order)
     stop = text.find(IM_END_TEXT)
     if stop >= 0:
         text = text[:stop]
+    lx = lex(text)
     m = _OPENER_RE.match(text)
     if m is None:
-        return ScanResult(text, None, (), False, 0)
-    opener_end = m.end()
-    items: list[ScannedRecord] = []
-    truncated = False
-    cut = opener_end
-    pos, n = opener_end, len(text)
-    while True:
-        pos = _skip_ws(text, pos, n)
-        if pos >= n or text[pos] == "]":
-            break
-        c = text[pos]
-        if c == ",":
-            pos += 1
-        elif c == "{":
-            end = _record_end(text, pos)
-            if end < 0:
-                truncated = True
-                break
-            items.append(_classify(text, (pos, end), key_order))
-            cut = pos = end
-        else:
-            end = _junk_end(text, pos)
-            items.append(ScannedRecord((pos, end), "malformed", is_record=False))
-            pos = end
-    return ScanResult(text, opener_end, tuple(items), truncated, cut)
+        return ScanResult(text, None, (), False, 0, lx)
+    walk = scan_items(lx, m.end())
+    items = tuple(_classify(text, it.span, object_field_order) if it.is_record
+                  else ScannedRecord(it.span, "malformed", is_record=False) for it in walk.items)
+    return ScanResult(text, m.end(), items, walk.truncated, walk.cut, lx)
 
 
 def _zero_counts() -> dict[str, int]:
@@ -428,13 +410,15 @@ class DroppedRecord:
     char_span: Span
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ParsedRollout:
     """Result of :func:`parse_rollout` (SPEC §3.6 B1).
 
     ``prefix_token_ids``: kept ids (the model's own ids; only a token containing the cut is replaced by the
     tokenisation of its leading piece); ``prefix_text``: their per-token decoded text; ``token_char_offsets``:
-    ``len(prefix_token_ids) + 1`` offsets into ``prefix_text`` (token i covers ``[off[i], off[i+1])``).
+    ``[len(prefix_token_ids) + 1]`` int64 boundaries into ``prefix_text`` (token i covers ``[off[i], off[i+1])``).
+    ``desc_value_spans``: ``[D, 2]`` int64 char spans of every desc value in ``prefix_text`` (inside the quotes;
+    dropped records included) from the parser's own scan, for the token typing of ``Y_train``.
     ``objects``: valid predictions in appearance order. ``drop_counts``: every reason of :data:`DROP_REASONS`
     -> count (do not mutate). ``response_len``: number of generated ids before the first ``<|im_end|>`` id.
     ``invalid_reason``: None, ``"no_opener"`` or ``"cut_token"`` (leading piece did not re-tokenise exactly).
@@ -442,7 +426,8 @@ class ParsedRollout:
 
     prefix_token_ids: tuple[int, ...]
     prefix_text: str
-    token_char_offsets: tuple[int, ...]
+    token_char_offsets: np.ndarray
+    desc_value_spans: np.ndarray
     objects: tuple[RolloutObject, ...]
     dropped: tuple[DroppedRecord, ...]
     drop_counts: dict[str, int] = field(hash=False)
@@ -461,34 +446,14 @@ class ParsedRollout:
         """[P] boxes (x1, y1, x2, y2) in bins, prediction order (input of :func:`match_predictions`)."""
         return [o.bins for o in self.objects]
 
-    def token_range(self, char_span: Span) -> Span:
-        """Half-open range of prefix token indices overlapping ``char_span`` (empty range for an empty span)."""
-        return _token_range(self.token_char_offsets, char_span)
 
-
-def _token_range(offsets: Sequence[int], char_span: Span) -> Span:
-    a, b = char_span
-    if b <= a:
-        i = bisect.bisect_right(offsets, a) - 1
-        return (max(i, 0), max(i, 0))
-    first = bisect.bisect_right(offsets, a) - 1
-    last = bisect.bisect_left(offsets, b)  # first offset >= b -> tokens [first, last) overlap
-    return (max(first, 0), min(last, len(offsets) - 1))
-
-
-def _offsets(pieces: Sequence[str]) -> list[int]:
-    out = [0]
-    for p in pieces:
-        out.append(out[-1] + len(p))
-    return out
-
-
-def _invalid(fallback_ids: Sequence[int], decode_token: Callable[[int], str], reason: str, n: int) -> ParsedRollout:
-    pieces = [decode_token(i) for i in fallback_ids]
+def _invalid(fallback_ids: Sequence[int], vocab: VocabView, reason: str, n: int) -> ParsedRollout:
+    text, offsets = vocab.pieces.render(fallback_ids)
     return ParsedRollout(
-        prefix_token_ids=tuple(fallback_ids),
-        prefix_text="".join(pieces),
-        token_char_offsets=tuple(_offsets(pieces)),
+        prefix_token_ids=tuple(int(i) for i in fallback_ids),
+        prefix_text=text,
+        token_char_offsets=offsets,
+        desc_value_spans=np.zeros((0, 2), dtype=np.int64),
         objects=(),
         dropped=(),
         drop_counts=_zero_counts(),
@@ -499,23 +464,20 @@ def _invalid(fallback_ids: Sequence[int], decode_token: Callable[[int], str], re
     )
 
 
-def _recover_desc(
-    rec: ScannedRecord, text: str, ids: Sequence[int], offsets: Sequence[int],
-    decode_ids: Callable[[Sequence[int]], str] | None,
-) -> str:
+def _recover_desc(rec: ScannedRecord, text: str, ids: np.ndarray, offsets: np.ndarray, vocab: VocabView) -> str:
     """The desc of a valid record; re-decoded jointly when the per-token text has U+FFFD (see module doc)."""
     if rec.desc is None or rec.desc_char_span is None:
         return ""
-    if "\ufffd" not in rec.desc or decode_ids is None:
+    if "\ufffd" not in rec.desc or vocab.decode is None:
         return rec.desc
     qa, qb = rec.desc_char_span
-    ta, tb = _token_range(offsets, (qa, qb))
-    joint = decode_ids(list(ids[ta:tb]))
+    ta, tb = token_range(offsets, (qa, qb))
+    joint = vocab.decode(ids[ta:tb].tolist())
     lead, trail = text[offsets[ta]:qa], text[qb:offsets[tb]]
     if len(joint) < len(lead) + len(trail) or not joint.startswith(lead) or not joint.endswith(trail):
         return rec.desc
     literal = joint[len(lead): len(joint) - len(trail)]
-    if len(literal) < 2 or _string_end(literal, 0, len(literal)) != len(literal):
+    if STRING_RE.fullmatch(literal) is None:
         return rec.desc
     try:
         value = json.loads(literal)
@@ -525,89 +487,86 @@ def _recover_desc(
 
 
 def parse_rollout(
-    token_ids: Sequence[int],
+    token_ids: Sequence[int] | np.ndarray,
+    vocab: VocabView,
     *,
-    decode_token: Callable[[int], str],
-    encode: Callable[[str], list[int]],
-    coord_id_to_bin: Mapping[int, int],
-    im_end_id: int,
     object_field_order: str = "desc_first",
     fallback_prefix_ids: Sequence[int] | None = None,
-    decode_ids: Callable[[Sequence[int]], str] | None = None,
 ) -> ParsedRollout:
     """Strict token-aligned parse of one rollout (SPEC §3.6 B1). Never raises on any model output.
 
     ``token_ids``: generated ids (response only, no prompt; may include ``<|im_end|>`` and anything after it).
-    ``decode_token(id) -> str``: one id's text with special tokens kept and no clean-up, e.g.
-    ``lambda i: tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False)``.
-    ``encode(text) -> list[int]``: tokenisation without special-token additions (``add_special_tokens=False``),
-    used for the cut token's leading piece and, when ``fallback_prefix_ids`` is None, for the fallback opener.
-    ``coord_id_to_bin``: id -> bin for V_c. ``decode_ids(ids) -> str`` (optional): joint decode, used only to
-    recover non-ASCII descs split inside UTF-8 characters.
+    ``vocab``: the run's vocab view — its piece table renders the ids, ``id_to_bin`` finds the slots, ``eos_id``
+    is ``<|im_end|>``, ``encode`` tokenises the cut token's leading piece and (unless ``fallback_prefix_ids`` is
+    given) the fallback opener, and the optional joint ``decode`` recovers non-ASCII descs.
     """
-    _check_field_order(object_field_order)
-    ids = [int(i) for i in token_ids]
-    n_resp = ids.index(im_end_id) if im_end_id in ids else len(ids)
+    _key_order(object_field_order)
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    ends = np.flatnonzero(ids == vocab.eos_id)
+    n_resp = int(ends[0]) if len(ends) else len(ids)
     ids = ids[:n_resp]
-    fallback = list(fallback_prefix_ids) if fallback_prefix_ids is not None else list(encode(EMPTY_OPENER_TEXT))
+    fallback = (list(fallback_prefix_ids) if fallback_prefix_ids is not None
+                else list(vocab.encode_cached(EMPTY_OPENER_TEXT)))
 
-    pieces = [decode_token(i) for i in ids]
-    offsets = _offsets(pieces)
-    scan = scan_text("".join(pieces), object_field_order)
+    text, offsets = vocab.pieces.render(ids)
+    scan = scan_text(text, object_field_order)
     if scan.invalid_rollout:
-        return _invalid(fallback, decode_token, "no_opener", n_resp)
+        return _invalid(fallback, vocab, "no_opener", n_resp)
     text, cut = scan.text, scan.cut
 
     # Prefix ids: tokens fully before the cut are kept; a token straddling the cut is re-tokenised.
-    j = bisect.bisect_right(offsets, cut) - 1  # token containing char `cut` (or starting at it)
-    prefix_ids = ids[:j]
-    prefix_offsets = offsets[: j + 1]
+    j = int(np.searchsorted(offsets, cut, side="right")) - 1  # token containing char `cut` (or starting at it)
+    prefix_ids, prefix_offsets = ids[:j], offsets[: j + 1]
     if offsets[j] < cut:
         piece = text[offsets[j]:cut]
-        new_ids = [int(i) for i in encode(piece)]
-        new_pieces = [decode_token(i) for i in new_ids]
-        if "\ufffd" in piece or "".join(new_pieces) != piece or im_end_id in new_ids:
-            return _invalid(fallback, decode_token, "cut_token", n_resp)
-        prefix_ids += new_ids
-        for p in new_pieces:
-            prefix_offsets.append(prefix_offsets[-1] + len(p))
+        new_ids = np.asarray(vocab.encode(piece), dtype=np.int64).reshape(-1)
+        new_text, new_offsets = vocab.pieces.render(new_ids)
+        if "\ufffd" in piece or new_text != piece or bool((new_ids == vocab.eos_id).any()):
+            return _invalid(fallback, vocab, "cut_token", n_resp)
+        prefix_ids = np.concatenate([prefix_ids, new_ids])
+        prefix_offsets = np.concatenate([prefix_offsets, new_offsets[1:] + offsets[j]])
     prefix_text = text[:cut]
-    if not prefix_text.rstrip(_WS).endswith(("[", "}")):
-        return _invalid(fallback, decode_token, "cut_token", n_resp)
+    if not prefix_text.rstrip(JSON_WS).endswith(("[", "}")):
+        return _invalid(fallback, vocab, "cut_token", n_resp)
+
+    # Slots of every valid record at once: the V_c ids among the tokens overlapping its geometry span.
+    valid = [r for r in scan.items if r.reason is None]
+    token_bins = vocab.bins(prefix_ids)
+    coord_at = np.flatnonzero(token_bins >= 0)
+    n_before = np.concatenate([[0], np.cumsum(token_bins >= 0)])
+    geo_lo, geo_hi = tokens_overlapping_ranges(prefix_offsets, [r.geometry_char_span for r in valid])
+    rec_lo, rec_hi = tokens_overlapping_ranges(prefix_offsets, [r.char_span for r in valid])
+    first, n_slots = n_before[geo_lo], n_before[geo_hi] - n_before[geo_lo]
 
     objects: list[RolloutObject] = []
     reasons: list[str] = []
     dropped: list[DroppedRecord] = []
+    k = 0
     for rec in scan.items:
         reason = rec.reason
-        slots: list[int] = []
-        bins: tuple[int, ...] = ()
-        if reason is None and rec.geometry_char_span is not None and rec.desc_char_span is not None:
-            ga, gb = _token_range(prefix_offsets, rec.geometry_char_span)
-            slots = [t for t in range(ga, gb) if prefix_ids[t] in coord_id_to_bin]
-            bins = tuple(int(coord_id_to_bin[prefix_ids[t]]) for t in slots)
+        if reason is None:
+            slots = coord_at[first[k]: first[k] + 4] if n_slots[k] == 4 else coord_at[:0]
+            bins = token_bins[slots].tolist()
             if len(slots) != 4:
                 reason = "wrong_arity"
             elif bins[2] < bins[0] or bins[3] < bins[1]:
                 reason = "bbox_invalid"
-        if reason is not None or rec.desc_char_span is None or rec.geometry_char_span is None:
-            reason = reason or "malformed"
+            else:
+                objects.append(RolloutObject(
+                    desc=_recover_desc(rec, text, prefix_ids, prefix_offsets, vocab),
+                    bins=tuple(bins), slot_token_idx=tuple(slots.tolist()), char_span=rec.char_span,
+                    token_span=(int(rec_lo[k]), int(rec_hi[k])), desc_char_span=rec.desc_char_span,
+                    geometry_char_span=rec.geometry_char_span))
+            k += 1
+        if reason is not None:
             reasons.append(reason)
             dropped.append(DroppedRecord(reason, rec.char_span))
-            continue
-        objects.append(RolloutObject(
-            desc=_recover_desc(rec, text, prefix_ids, prefix_offsets, decode_ids),
-            bins=(bins[0], bins[1], bins[2], bins[3]),
-            slot_token_idx=(slots[0], slots[1], slots[2], slots[3]),
-            char_span=rec.char_span,
-            token_span=_token_range(prefix_offsets, rec.char_span),
-            desc_char_span=rec.desc_char_span,
-            geometry_char_span=rec.geometry_char_span,
-        ))
+    desc_spans = scan.lexed.desc_value_spans()
     return ParsedRollout(
-        prefix_token_ids=tuple(prefix_ids),
+        prefix_token_ids=tuple(prefix_ids.tolist()),
         prefix_text=prefix_text,
-        token_char_offsets=tuple(prefix_offsets),
+        token_char_offsets=prefix_offsets,
+        desc_value_spans=desc_spans[desc_spans[:, 1] <= cut],
         objects=tuple(objects),
         dropped=tuple(dropped),
         drop_counts=_count(reasons),

@@ -5,12 +5,15 @@ hypothesis generated (expected parse results).
 """
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+import json
+
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from coordexp_swift.data.coordjson import render_object, render_objects
 from coordexp_swift.data.records import GTObject
 from coordexp_swift.rollout.fragment import fn_fragment_text
+from coordexp_swift.rollout import parse as parse_mod
 from coordexp_swift.rollout.parse import DROP_REASONS, parse_rollout, parse_text
 from tests.rollout_tokenizer import FakeByteTokenizer, check_prefix_contract
 
@@ -60,7 +63,7 @@ def test_parse_text_never_raises(text, order):
 @given(st.lists(st.integers(0, T.vocab_size - 1), max_size=80), noise_text, orders)
 def test_parse_rollout_never_raises_on_arbitrary_ids(ids, noise, order):
     for seq in (ids, T.encode('{"objects": [') + ids, T.encode('{"objects": [' + noise) + ids):
-        r = parse_rollout(seq, **T.parse_kwargs(), object_field_order=order)
+        r = parse_rollout(seq, T.view, object_field_order=order)
         if r.invalid_rollout:
             assert r.objects == () and r.prefix_token_ids == tuple(T.encode('{"objects": ['))
             continue
@@ -75,7 +78,7 @@ def test_parse_rollout_never_raises_on_arbitrary_ids(ids, noise, order):
 def test_parse_of_render_is_identity(objs, order):
     text = render_objects(objs, order)
     assert parse_text(text, order).objects == as_dicts(objs)
-    r = parse_rollout(T.encode(text) + [T.im_end_id], **T.parse_kwargs(), object_field_order=order)
+    r = parse_rollout(T.encode(text) + [T.im_end_id], T.view, object_field_order=order)
     assert [{"desc": o.desc, "bbox_2d": list(o.bins)} for o in r.objects] == as_dicts(objs)
     assert r.n_drop_invalid == 0 and not r.truncated
 
@@ -89,7 +92,7 @@ def test_truncation_at_every_token_boundary(objs, order):
     ids = T.encode(text)
     opener_tokens = len(T.encode('{"objects": ['))
     for t in range(len(ids) + 1):
-        r = parse_rollout(ids[:t], **T.parse_kwargs(), object_field_order=order)
+        r = parse_rollout(ids[:t], T.view, object_field_order=order)
         if t < opener_tokens:
             assert r.invalid_rollout
             continue
@@ -118,8 +121,49 @@ def test_mixed_valid_and_invalid_records(items):
     """Valid records come out in order; each invalid one is counted once under its reason (seed 001 1.5.1)."""
     parts = [render_object(i) if isinstance(i, GTObject) else BAD_RECORDS[i] for i in items]
     text = '{"objects": [' + ", ".join(parts) + "]}"
-    r = parse_rollout(T.encode(text) + [T.im_end_id], **T.parse_kwargs())
+    r = parse_rollout(T.encode(text) + [T.im_end_id], T.view)
     assert [{"desc": o.desc, "bbox_2d": list(o.bins)} for o in r.objects] == as_dicts(
         [i for i in items if isinstance(i, GTObject)])
     want = {k: sum(1 for i in items if i == k) for k in DROP_REASONS}
     assert r.drop_counts == want
+
+
+# Record-shaped noise: the canonical shape with its parts perturbed (whitespace, escapes, key spellings, literal
+# spellings, arity, order), so that both classification paths see near-valid records.
+_WSP = st.sampled_from(["", " ", "  ", "\n", "\t", "\r\n"])
+_LIT = st.one_of(bins.map(lambda k: f"<|coord_{k}|>"), st.sampled_from(
+    ["<|coord_01|>", "<|coord_007|>", "<|coord_1000|>", "<|coord_\u0661|>", "1", '"<|coord_3|>"', "<|coord_x|>"]))
+_KEY = st.sampled_from(['"desc"', '"bbox_2d"', '"d\\u0065sc"', '"poly"', '"bbox"', '"desc "'])
+_DESC = st.one_of(descs.map(lambda d: json.dumps(d, ensure_ascii=False)),
+                  st.sampled_from(['""', '"  "', '"a\\"b"', '"a\nb"', '"\\x"', "7", "null"]))
+
+
+@st.composite
+def record_like(draw) -> str:
+    ws = lambda: draw(_WSP)  # noqa: E731
+    if draw(st.booleans()):  # half the records carry 4 canonical literals (the fast path's domain)
+        lits = [f"<|coord_{draw(bins)}|>" for _ in range(4)]
+    else:
+        lits = draw(st.lists(_LIT, min_size=0, max_size=5))
+    box = "[" + ws() + (ws() + "," + ws()).join(lits) + ws() + "]"
+    odd = st.integers(0, 3).map(lambda i: i == 0)  # perturb a part one time in four
+    fields = [(draw(_KEY) if draw(odd) else '"desc"', draw(_DESC)),
+              (draw(_KEY) if draw(odd) else '"bbox_2d"', box)]
+    if draw(odd):
+        fields.reverse()
+    body = (ws() + "," + ws()).join(f"{k}{ws()}:{ws()}{v}" for k, v in fields)
+    return "{" + ws() + body + ws() + "}"
+
+
+@SETTINGS
+@given(record_like(), orders)
+def test_fast_record_path_agrees_with_general_parser(record, order):
+    """issue 8 item 4: the one-regex classification of common-shape records gives exactly the general
+    JSON-with-bare-coords parser's answer (reason, desc, bins, spans) whenever it answers."""
+    span = (0, len(record))
+    fast = parse_mod._classify_fast(record, span, order)
+    general = parse_mod._classify_general(record, span, parse_mod._key_order(order))
+    if fast is not None:
+        assert fast == general
+    event(f"fast path {'answered' if fast is not None else 'declined'}")
+    assert parse_mod._classify(record, span, order) == general

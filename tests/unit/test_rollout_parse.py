@@ -5,6 +5,8 @@ fake tokenizer's merge list (tests/rollout_tokenizer.py) or from the real Qwen B
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from coordexp_swift.rollout.parse import (
@@ -34,8 +36,8 @@ def doc(*records: str) -> str:
     return '{"objects": [' + ", ".join(records) + "]}"
 
 
-def rollout(text: str, tok: FakeByteTokenizer = T, **kw):
-    return parse_rollout(tok.encode(text) + [tok.im_end_id], **{**tok.parse_kwargs(), **kw})
+def rollout(text: str, tok: FakeByteTokenizer = T, view=None, **kw):
+    return parse_rollout(tok.encode(text) + [tok.im_end_id], view or tok.view, **kw)
 
 
 def nonzero(counts: dict[str, int]) -> dict[str, int]:
@@ -64,7 +66,7 @@ def test_canonical_round_trip_both_views(order):
 def test_token_indices_offsets_and_spans():
     text = doc(rec("red circle", (10, 20, 30, 40)), rec("blue", (5, 6, 7, 8)))
     ids = T.encode(text) + [T.im_end_id]
-    r = parse_rollout(ids, **T.parse_kwargs())
+    r = parse_rollout(ids, T.view)
     # Per-token offsets reproduce the prefix text token by token.
     offs = r.token_char_offsets
     assert len(offs) == len(r.prefix_token_ids) + 1 and offs[-1] == len(r.prefix_text)
@@ -109,6 +111,9 @@ DROP_CASES = [
     ("non_coord_token", '{"desc": "a", "bbox_2d": [1, 2, 3, 4]}'),
     ("non_coord_token", '{"desc": "a", "bbox_2d": [%s, <|coord_1000|>]}' % c(1, 2, 3)),
     ("non_coord_token", '{"desc": "a", "bbox_2d": [[%s]]}' % c(1, 2, 3, 4)),
+    # issue 13 item 11: no tokenizer id spells a non-canonical literal -> never a valid prediction
+    ("non_coord_token", '{"desc": "a", "bbox_2d": [%s, <|coord_01|>]}' % c(1, 2, 3)),
+    ("non_coord_token", '{"desc": "a", "bbox_2d": [<|coord_007|>, %s]}' % c(8, 9, 10)),
     ("unexpected_keys", '{"desc": "a", "bbox_2d": [%s], "score": 0.9}' % c(1, 2, 3, 4)),
     ("unexpected_keys", '{"desc": "a", "desc": "b", "bbox_2d": [%s]}' % c(1, 2, 3, 4)),
     ("order_violation", '{"bbox_2d": [%s], "desc": "a"}' % c(1, 2, 3, 4)),
@@ -140,6 +145,23 @@ def test_each_drop_reason_is_dropped_counted_and_kept_in_prefix(reason, bad):
     assert nonzero(r.drop_counts) == {reason: 1} and r.n_drop_invalid == 1
     assert [d.reason for d in r.dropped] == [reason]
     assert bad in r.prefix_text  # dropped text stays in the prefix (FP context)
+
+
+@pytest.mark.parametrize("digits", ["\u0661\u0662", "\uff19", "\u0967"])
+def test_non_ascii_digit_literal_is_never_a_prediction(digits):
+    """issue 13 item 11: `<|coord_١٢|>` (Arabic-Indic), fullwidth and Devanagari digits are not bins: the text view
+    drops the record as non_coord_token; in the token view (fake byte BPE and the real Qwen BPE) the record is
+    dropped too (its per-token text may hold U+FFFD, then it is malformed), never read as bin 12 / 9 / 1."""
+    bad = '{"desc": "a", "bbox_2d": [%s, <|coord_%s|>]}' % (c(1, 2, 3), digits)
+    text = doc(rec("red", (1, 2, 3, 4)), bad, rec("blue", (5, 6, 7, 8)))
+    tp = parse_text(text)
+    assert [o["desc"] for o in tp.objects] == ["red", "blue"] and nonzero(tp.drop_counts) == {"non_coord_token": 1}
+    from tests.rollout_tokenizer import real_view
+
+    for tok, view in ((T, T.view), real_view("qwen")):
+        r = parse_rollout(tok.encode(text) + [view.eos_id], view)
+        assert [o.desc for o in r.objects] == ["red", "blue"] and r.n_drop_invalid == 1
+        assert r.dropped[0].reason in ("non_coord_token", "malformed")
 
 
 def test_drop_reason_list_is_exact():
@@ -174,7 +196,7 @@ def test_token_level_wrong_arity_when_a_coord_literal_is_spelled_in_bytes():
     ids = ids[: -len(b"<|coord_4|>")] + [T.im_end_id]
     assert "".join(T.decode_token(i) for i in ids[:-1]) == text
     assert parse_text(text).objects == [{"desc": "a", "bbox_2d": [1, 2, 3, 4]}]
-    r = parse_rollout(ids, **T.parse_kwargs())
+    r = parse_rollout(ids, T.view)
     assert r.objects == () and nonzero(r.drop_counts) == {"wrong_arity": 1}
 
 
@@ -198,9 +220,9 @@ def test_no_opener_is_invalid_rollout_with_empty_opener_fallback(text):
 
 
 def test_invalid_rollout_uses_given_fallback_ids_and_empty_response():
-    r = parse_rollout([], **T.parse_kwargs(), fallback_prefix_ids=[ord("{"), ord('"')])
+    r = parse_rollout([], T.view, fallback_prefix_ids=[ord("{"), ord('"')])
     assert r.invalid_rollout and r.prefix_token_ids == (ord("{"), ord('"')) and r.response_len == 0
-    r = parse_rollout([T.im_end_id] + T.encode(doc(rec("a"))), **T.parse_kwargs())
+    r = parse_rollout([T.im_end_id] + T.encode(doc(rec("a"))), T.view)
     assert r.invalid_rollout and r.response_len == 0  # everything after the first <|im_end|> is ignored
 
 
@@ -212,7 +234,7 @@ def test_invalid_rollout_uses_given_fallback_ids_and_empty_response():
 def test_cut_at_first_im_end_id_and_literal():
     full = doc(rec("a"), rec("b"))
     ids = T.encode(doc(rec("a"))) + [T.im_end_id] + T.encode(full)
-    r = parse_rollout(ids, **T.parse_kwargs())
+    r = parse_rollout(ids, T.view)
     assert [o.desc for o in r.objects] == ["a"] and r.response_len == len(T.encode(doc(rec("a"))))
     spelled = '{"objects": [' + rec("a") + ", " + "<|im_end|>" + rec("b") + "]}"
     assert parse_text(spelled).objects == [{"desc": "a", "bbox_2d": [1, 2, 3, 4]}]
@@ -223,7 +245,7 @@ def test_unterminated_last_record_is_truncation_not_a_drop():
     text = head + ', {"desc": "c", "bbox_2d": [<|coord_1|>, <|co'
     tp = parse_text(text)
     assert tp.truncated and [o["desc"] for o in tp.objects] == ["a", "b"] and nonzero(tp.drop_counts) == {}
-    r = parse_rollout(T.encode(text), **T.parse_kwargs())  # max_new_tokens hit: no <|im_end|>
+    r = parse_rollout(T.encode(text), T.view)  # max_new_tokens hit: no <|im_end|>
     assert r.truncated and [o.desc for o in r.objects] == ["a", "b"] and r.prefix_text == head
 
 
@@ -243,7 +265,7 @@ def test_cut_inside_record_straddling_token():
     ids = T.encode(text)
     pieces = [T.decode_token(i) for i in ids]
     j = pieces.index(']}, {"')
-    r = parse_rollout(ids, **T.parse_kwargs())
+    r = parse_rollout(ids, T.view)
     assert r.truncated and [o.desc for o in r.objects] == ["red"]
     assert r.prefix_token_ids == tuple(ids[:j]) + tuple(T.encode("]}"))
     assert T.decode_token(r.prefix_token_ids[-1]) == "]}" and r.prefix_text.endswith("]}")
@@ -254,7 +276,7 @@ def test_cut_inside_closing_token():
     text = doc(rec("red"))
     ids = T.encode(text)
     assert T.decode_token(ids[-1]) == "]}]}"
-    r = parse_rollout(ids + [T.im_end_id], **T.parse_kwargs())
+    r = parse_rollout(ids + [T.im_end_id], T.view)
     assert r.prefix_token_ids == tuple(ids[:-1]) + (T.encode("]}")[0],)
 
 
@@ -264,16 +286,15 @@ def test_cut_inside_opener_token():
     pieces = [T.decode_token(i) for i in ids]
     assert ' [{"' in pieces  # the opener '[' and the record's '{"' share one token
     j = pieces.index(' [{"')
-    r = parse_rollout(ids, **T.parse_kwargs())
+    r = parse_rollout(ids, T.view)
     assert not r.invalid_rollout and r.truncated and r.objects == ()
     assert r.prefix_token_ids == tuple(ids[:j]) + tuple(T.encode(" [")) and r.prefix_text == '{"objects" : ['
 
 
 def test_cut_piece_that_does_not_retokenise_exactly_is_invalid():
     text = '{"objects": [' + rec("red") + ', {"desc": "blu'
-    bad_encode = lambda s: T.encode(s + " ")  # noqa: E731 - decodes to piece + " "
-    r = parse_rollout(T.encode(text), **{**T.parse_kwargs(), "encode": bad_encode},
-                      fallback_prefix_ids=T.encode(EMPTY_OPENER_TEXT))
+    bad = dataclasses.replace(T.view, encode=lambda s: T.encode(s + " "), _cache={})  # decodes to piece + " "
+    r = parse_rollout(T.encode(text), bad, fallback_prefix_ids=T.encode(EMPTY_OPENER_TEXT))
     assert r.invalid_rollout and r.invalid_reason == "cut_token" and r.objects == ()
     assert r.prefix_token_ids == tuple(T.encode(EMPTY_OPENER_TEXT))
 
@@ -284,7 +305,7 @@ def test_cut_piece_with_partial_utf8_is_invalid():
     text = '{"objects": [' + rec("小狗", order="geometry_first") + ", " + '{"bbox_2d": [<|coord_1|>'
     ids = tok.encode(text)
     assert '\ufffd"}, ' in [tok.decode_token(i) for i in ids]
-    r = parse_rollout(ids, **tok.parse_kwargs(), object_field_order="geometry_first")
+    r = parse_rollout(ids, tok.view, object_field_order="geometry_first")
     assert r.invalid_rollout and r.invalid_reason == "cut_token"
 
 
@@ -300,7 +321,7 @@ def test_non_ascii_desc_split_inside_utf8_characters():
     assert parse_text(text).objects[0]["desc"] == "小狗 é"
     r = rollout(text)
     assert r.objects[0].desc == "小狗 é"
-    r = rollout(text, decode_ids=None)
+    r = rollout(text, view=dataclasses.replace(T.view, decode=None, _cache={}))
     assert r.objects[0].desc == "\ufffd" * 6 + " é"
     assert r.objects[0].bins == (1, 2, 3, 4)
 
@@ -326,29 +347,19 @@ def test_scan_text_is_the_shared_core():
 
 @pytest.fixture(scope="module")
 def qwen():
-    from coordexp_swift.coord.vocab import coord_token_ids
-    from coordexp_swift.tools.tiny_model import build_tokenizer
+    from tests.rollout_tokenizer import real_view
 
-    tok = build_tokenizer()
-    ids = coord_token_ids(tok).tolist()
-    kw = {
-        "decode_token": lambda i: tok.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False),
-        "encode": lambda s: tok.encode(s, add_special_tokens=False),
-        "coord_id_to_bin": {t: k for k, t in enumerate(ids)},
-        "im_end_id": tok.convert_tokens_to_ids("<|im_end|>"),
-        "decode_ids": lambda x: tok.decode(list(x), skip_special_tokens=False, clean_up_tokenization_spaces=False),
-    }
-    return tok, kw
+    return real_view("qwen")
 
 
 def test_qwen_fallback_ids_are_tokenizer_ids_of_empty_opener(qwen):
     """seed 001 1.7.4: fallback ids = tokenizer ids of '{"objects": [' for every invalid sample.
     seed 001 1.5.3: no opener -> that prefix, zero predictions."""
-    tok, kw = qwen
+    tok, view = qwen
     want = tuple(tok.encode('{"objects": [', add_special_tokens=False))
-    assert kw["im_end_id"] == 151645
+    assert view.eos_id == 151645
     for text in ["", "I see a cat.", "[{}]", '{"objects" "x"']:
-        r = parse_rollout(tok.encode(text, add_special_tokens=False) + [151645], **kw)
+        r = parse_rollout(tok.encode(text, add_special_tokens=False) + [151645], view)
         assert r.invalid_rollout and r.prefix_token_ids == want and r.objects == ()
         assert r.prefix_text == '{"objects": ['
 
@@ -356,19 +367,20 @@ def test_qwen_fallback_ids_are_tokenizer_ids_of_empty_opener(qwen):
 def test_qwen_round_trip_and_every_token_boundary(qwen):
     """Real BPE merges ']},' and ' [{"' across record boundaries; every truncation parses to a prefix of the
     objects, the kept ids are the model's ids except for the one cut token, and the prefix ends in '[' or '}'."""
-    tok, kw = qwen
+    tok, view = qwen
+    decode_token = view.pieces.text.__getitem__
     objs = [("red circle", (1, 2, 30, 40)), ("稀有的龘 cat", (5, 6, 7, 8)), ("blue", (0, 0, 999, 999))]
     text = doc(*(rec(d, b) for d, b in objs))
     ids = tok.encode(text, add_special_tokens=False)
-    pieces = [kw["decode_token"](i) for i in ids]
+    pieces = view.pieces.pieces(ids)
     assert ' [{"' in pieces and "]}," in pieces and any("\ufffd" in p for p in pieces)
-    full = parse_rollout(ids + [151645], **kw)
+    full = parse_rollout(ids + [151645], view)
     assert [(o.desc, o.bins) for o in full.objects] == objs
     for t in range(len(ids) + 1):
-        r = parse_rollout(ids[:t], **kw)
+        r = parse_rollout(ids[:t], view)
         got = [(o.desc, o.bins) for o in r.objects]
         assert got == objs[: len(got)]
         if r.invalid_rollout:
             assert "[" not in "".join(pieces[:t])
             continue
-        check_prefix_contract(ids[:t], r, kw["decode_token"])
+        check_prefix_contract(ids[:t], r, decode_token)
