@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -53,13 +53,16 @@ ENTRY_KEYS: tuple[str, ...] = ("name", "enabled", "weight", "channels", "config"
 _PIPELINE_PATH = {
     VARIANT_STAGE2_TWO_CHANNEL: "stage2_ab.pipeline",
     VARIANT_STAGE2_ROLLOUT_ALIGNED: "rollout_matching.pipeline",
-    VARIANT_STAGE1: "custom.pipeline",
 }
 
 
 def pipeline_path(variant: str) -> str:
-    """Dotted key of the pipeline mapping of ``variant``."""
-    return _PIPELINE_PATH[variant]
+    """Dotted key of the pipeline mapping of a Stage-2 ``variant`` (Stage-1 has none; ``ValueError``)."""
+    try:
+        return _PIPELINE_PATH[variant]
+    except KeyError:
+        raise ValueError(f"custom.trainer_variant {variant!r} has no objective pipeline key (Stage-2 only: "
+                         f"{', '.join(_PIPELINE_PATH)})") from None
 
 
 @dataclass(frozen=True)
@@ -237,9 +240,10 @@ def _entry(name: str, config: Any) -> PipelineEntry:
     return PipelineEntry(name=name, enabled=True, weight=1.0, channels=CHANNELS, config=config)
 
 
-def _config(name: str, variant: str, values: Mapping[str, Any]) -> Any:
+def _config(name: str, variant: str, values: Mapping[str, Any], source: Optional[str] = None) -> Any:
+    """``name``'s config for ``variant`` from ``values``; errors name ``source`` (default: the Stage-2 default)."""
     cls = module_registry()[name].config_class(variant)
-    return build_strict(cls, dict(values), f"{pipeline_path(variant)}.<default>.{name}.config")
+    return build_strict(cls, dict(values), source or f"{pipeline_path(variant)}.<default>.{name}.config")
 
 
 def _two_channel_default(cfg: Any) -> list[PipelineEntry]:
@@ -324,13 +328,15 @@ def stage1_manifest(soft: CoordSoftCEW1Config) -> PipelineManifest:
     """Stage-1 objective as registry modules (context ``gt``) from ``custom.coord_soft_ce_w1``: ``token_ce`` (desc
     1; coord tokens in the CE iff the coord loss is off) and, when enabled, ``coord_reg`` with its weights."""
     v = VARIANT_STAGE1
-    objective = [_entry("token_ce", _config("token_ce", v, {"coord_token_ce_weight": 0.0 if soft.enabled else 1.0}))]
+    src = "stage1_manifest(custom.coord_soft_ce_w1).{}.config".format
+    objective = [_entry("token_ce", _config("token_ce", v, {"coord_token_ce_weight": 0.0 if soft.enabled else 1.0},
+                                            src("token_ce")))]
     if soft.enabled:
         objective.append(_entry("coord_reg", _config("coord_reg", v, {
             "coord_ce_weight": soft.ce_weight, "soft_ce_weight": soft.soft_ce_weight, "w1_weight": soft.w1_weight,
             "coord_gate_weight": soft.gate_weight, "text_gate_weight": soft.text_gate_weight,
             "temperature": soft.temperature, "target_sigma": soft.target_sigma,
-            "target_truncate": soft.target_truncate})))
+            "target_truncate": soft.target_truncate}, src("coord_reg"))))
     return PipelineManifest(variant=v, objective=tuple(objective), diagnostics=(), extra={"variant": v})
 
 
@@ -367,8 +373,3 @@ def describe_pipeline(cfg: Any) -> tuple[list[str], str]:
     ``pipeline_checksum: <hex>``)."""
     manifest = resolve_pipeline(cfg)
     return manifest.module_lines(), manifest.checksum
-
-
-def entry_names(entries: Sequence[PipelineEntry]) -> list[str]:
-    """Names of ``entries`` in order."""
-    return [e.name for e in entries]

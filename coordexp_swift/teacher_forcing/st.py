@@ -15,7 +15,7 @@ import torch
 from coordexp_swift.coord.codec import MAX_BIN, NUM_BINS
 from coordexp_swift.losses.coord_dist import expectation_decode
 
-__all__ = ["DECODE_MODES", "EMBED_MODES", "decode", "embed", "expectation", "hard_index"]
+__all__ = ["COORD_DECODE_MODES", "EMBED_MODES", "decode", "embed", "expectation", "hard_index"]
 
 
 def _check_last_dim(coord_logits: torch.Tensor, what: str) -> None:
@@ -46,7 +46,7 @@ def _decode_st(coord_logits: torch.Tensor) -> torch.Tensor:
 
 
 #: ``coord_decode_mode`` -> decoder ``coord_logits[..., NUM_BINS] -> x[...]`` (normalised, fp32).
-DECODE_MODES: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = {"exp": _decode_exp, "st": _decode_st}
+COORD_DECODE_MODES: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = {"exp": _decode_exp, "st": _decode_st}
 
 
 def decode(coord_logits: torch.Tensor, mode: str) -> torch.Tensor:
@@ -56,10 +56,10 @@ def decode(coord_logits: torch.Tensor, mode: str) -> torch.Tensor:
     """
     _check_last_dim(coord_logits, "st.decode")
     try:
-        fn = DECODE_MODES[mode]
+        fn = COORD_DECODE_MODES[mode]
     except KeyError:
         raise ValueError(f"coord_decode_mode {mode!r} is not supported; accepted values: "
-                         f"{', '.join(sorted(DECODE_MODES))}") from None
+                         f"{', '.join(sorted(COORD_DECODE_MODES))}") from None
     return fn(coord_logits)
 
 

@@ -260,3 +260,18 @@ def test_manifest_identity_is_plain_data_and_mutation_safe():
     d = resolve_pipeline(two())
     _mutate_all(d.identity())
     assert d.checksum == CHECKSUMS["two_channel"] and d.canonical_json().encode() == golden("two_channel").rstrip(b"\n")
+
+
+def test_stage1_has_no_pipeline_key():
+    """issue 8 item 7: the unused ``custom.pipeline`` path is gone — only the Stage-2 variants have a pipeline key;
+    the Stage-1 manifest is built from ``custom.coord_soft_ce_w1`` and its errors name that source."""
+    from coordexp_swift.config.custom import VARIANT_STAGE1, CoordSoftCEW1Config
+    from coordexp_swift.teacher_forcing.manifest import pipeline_path, stage1_manifest
+
+    assert (pipeline_path(TWO), pipeline_path(RA)) == ("stage2_ab.pipeline", "rollout_matching.pipeline")
+    with pytest.raises(ValueError, match="'stage1' has no objective pipeline key"):
+        pipeline_path(VARIANT_STAGE1)
+    m = stage1_manifest(CoordSoftCEW1Config(enabled=True, w1_weight=0.25))
+    assert [e.name for e in m.objective] == ["token_ce", "coord_reg"] and m.entry("coord_reg").config.w1_weight == 0.25
+    with pytest.raises(ValueError, match=r"stage1_manifest\(custom.coord_soft_ce_w1\).coord_reg.config"):
+        stage1_manifest(CoordSoftCEW1Config(enabled=True, temperature=-1.0))  # not validated at construction
