@@ -1,7 +1,8 @@
 """The ``coordexp-swift`` console script: tools only (training always goes through ``swift sft``).
 
 Each sub-command is a ``module:function`` taking ``argv: list[str]`` and returning an exit code; modules are
-imported lazily so that ``coordexp-swift make-shapes`` does not pay for importing torch or ms-swift.
+imported lazily so that ``coordexp-swift make-shapes`` does not pay for importing torch or ms-swift. Only commands
+whose module exists are listed (``audit-tensor-flow`` arrives with the two-channel trainer).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate-config": ("coordexp_swift.tools.validate_config:main", "validate a run YAML without training"),
     "eval": ("coordexp_swift.eval.cli:main", "offline detection evaluation (COCO bbox mAP)"),
     "visualize": ("coordexp_swift.eval.visualize:main", "draw boxes over images / plot training curves"),
-    "audit-tensor-flow": ("coordexp_swift.tools.audit:main", "run one A + one B step and check invariants"),
     "demo": ("coordexp_swift.tools.demo:main", "the end-to-end CPU demo"),
 }
 

@@ -16,8 +16,9 @@ Registry: :data:`BACKENDS` maps ``rollout_matching.rollout_backend`` names to ``
 first use, so neither transformers' generation code nor vLLM is imported by this module.
 
 * ``hf``   -> :class:`coordexp_swift.rollout.hf_backend.HFRolloutBackend` (greedy / beam / sampling);
-* ``vllm`` -> :class:`coordexp_swift.rollout.vllm_backend.VllmRolloutBackend` (colocated ``vllm.LLM``, per-request ``SamplingParams(seed=...)``,
-  greedy / sampling; construction raises ``ImportError`` with the fix when the ``vllm`` package is missing).
+* ``vllm`` -> :class:`coordexp_swift.rollout.vllm_backend.VllmRolloutBackend` (colocated ``vllm.LLM``,
+  per-request ``SamplingParams(seed=...)``, greedy / sampling; construction raises ``ImportError`` with the fix
+  when the ``vllm`` package is missing).
 """
 from __future__ import annotations
 
