@@ -14,6 +14,11 @@ Pure tensor math, no orchestration. Conventions shared by every function:
   still connected to the input's graph.
 - softCE, W1, coord-CE, entropy and the expectation terms read only the coord slice: zero gradient to non-coord
   logits. Only the gates (``coord_gate``, ``text_gate``) use the full-vocabulary LSE.
+- Each term has ONE implementation (``_<term>_core`` on log-probabilities); the standalone functions and the fused
+  :func:`coord_terms` both call it.
+- No host synchronisation: shape/dtype checks only. Checks on VALUES (bins in 0..999, coord ids inside the
+  vocabulary) read the device and run only when :data:`DEBUG_CHECKS` is true (set it, or export
+  ``COORDEXP_DEBUG_CHECKS=1`` before ``coordexp_swift.teacher_forcing`` is imported).
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ NUM_BINS = 1000  # == coordexp_swift.coord.codec.NUM_BINS (losses/ imports only 
 MAX_BIN = NUM_BINS - 1
 LOGIT_BOUND = 1e4
 TEXT_GATE_FLOOR = 1e-6
+#: Run value checks that need a device read (a host sync on GPU): bins range, coord-id range. Off on the hot path.
+DEBUG_CHECKS = False
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -53,7 +60,7 @@ def _check_bins(target_bins: torch.Tensor, n: int | None = None) -> None:
                          f"{tuple(target_bins.shape)}")
     if target_bins.dtype.is_floating_point or target_bins.dtype == torch.bool:
         raise ValueError(f"target_bins must be an integer tensor of bins 0..{MAX_BIN}, got {target_bins.dtype}")
-    if target_bins.numel() and bool(((target_bins < 0) | (target_bins > MAX_BIN)).any()):
+    if DEBUG_CHECKS and target_bins.numel() and bool(((target_bins < 0) | (target_bins > MAX_BIN)).any()):
         raise ValueError(f"target_bins outside norm1000 range 0..{MAX_BIN}: min {int(target_bins.min())}, "
                          f"max {int(target_bins.max())}")
 
@@ -62,7 +69,7 @@ def _check_coord_ids(coord_ids: torch.Tensor, vocab: int) -> None:
     if coord_ids.shape != (NUM_BINS,) or coord_ids.dtype != torch.long:
         raise ValueError(f"coord_ids must be a [{NUM_BINS}] long tensor, got {tuple(coord_ids.shape)} "
                          f"{coord_ids.dtype}")
-    if bool((coord_ids < 0).any()) or int(coord_ids.max()) >= vocab:
+    if DEBUG_CHECKS and (bool((coord_ids < 0).any()) or int(coord_ids.max()) >= vocab):
         raise ValueError(f"coord_ids must index the vocabulary [0, {vocab}), got range "
                          f"[{int(coord_ids.min())}, {int(coord_ids.max())}]")
 
@@ -114,10 +121,31 @@ def gaussian_soft_labels(target_bins: torch.Tensor, sigma: float, truncate: int 
     return torch.softmax(logq, dim=-1)  # the k = b entry is exp(0) = 1 before normalising: never 0/0
 
 
+# The one implementation of each slice term, on fp32 log-probabilities / probabilities (unsanitised outputs).
+def _soft_ce_core(q: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    return -(q * logp).sum(-1)
+
+
+def _w1_core(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return (p.cumsum(-1) - q.cumsum(-1)).abs().sum(-1) / MAX_BIN
+
+
+def _coord_ce_core(logp: torch.Tensor, target_bins: torch.Tensor) -> torch.Tensor:
+    return -logp.gather(-1, target_bins.unsqueeze(-1)).squeeze(-1)
+
+
+def _entropy_core(logp: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return -(p * logp).sum(-1)
+
+
+def _coord_gate_core(log_p_coord: torch.Tensor) -> torch.Tensor:
+    return (-log_p_coord).float().clamp(min=0.0)
+
+
 def soft_ce(coord_logits: torch.Tensor, q: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``−Σ_k q(k)·log p(k)`` with ``p = softmax(z/τ)``: coord_logits [N,1000], q [N,1000] -> [N] float32."""
     _check_coord_last_dim(q, "q")
-    return _clean_out(-(q.float() * _coord_log_probs(coord_logits, temperature)).sum(-1))
+    return _clean_out(_soft_ce_core(q.float(), _coord_log_probs(coord_logits, temperature)))
 
 
 def w1_cdf(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -127,21 +155,20 @@ def w1_cdf(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """
     _check_coord_last_dim(p, "p")
     _check_coord_last_dim(q, "q")
-    return _clean_out((p.float().cumsum(-1) - q.float().cumsum(-1)).abs().sum(-1) / MAX_BIN)
+    return _clean_out(_w1_core(p.float(), q.float()))
 
 
 def coord_ce(coord_logits: torch.Tensor, target_bins: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Hard CE on the gate slice ``−log p(b)``: coord_logits [N,1000], target_bins [N] long -> [N] float32."""
     _check_rows(coord_logits, "coord_logits", NUM_BINS)
     _check_bins(target_bins, coord_logits.shape[0])
-    logp = _coord_log_probs(coord_logits, temperature)
-    return _clean_out(-logp.gather(-1, target_bins.unsqueeze(-1)).squeeze(-1))
+    return _clean_out(_coord_ce_core(_coord_log_probs(coord_logits, temperature), target_bins))
 
 
 def entropy(coord_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``−Σ_k P(k)·log P(k)`` (nats) of ``P = softmax(z/τ)``: [..., 1000] -> [...] float32."""
     logp = _coord_log_probs(coord_logits, temperature)
-    return _clean_out(-(logp.exp() * logp).sum(-1))
+    return _clean_out(_entropy_core(logp, logp.exp()))
 
 
 def expectation_decode(coord_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -195,8 +222,8 @@ class _LogPCoord(torch.autograd.Function):
     extra [N, V] tensor: forward keeps only per-row stats (max, masses) and backward recomputes ``exp`` block by
     block, writing straight into the single [N, V] gradient it must return (in the input dtype). Gradient:
     ``∂ log_p_coord/∂z = (1/τ)(𝟙_C·softmax(s/τ) − softmax(z/τ))``, plus ``g_s`` on the coord columns; entries that
-    sanitisation replaced get zero gradient (as autograd through nan_to_num/clamp would give). Detecting such rows
-    costs one host sync per forward.
+    sanitisation replaced get zero gradient (as autograd through nan_to_num/clamp would give). Every block is
+    sanitised (no per-row "is it dirty?" test: that would read the device, a host sync per call).
     """
 
     @staticmethod
@@ -206,7 +233,6 @@ class _LogPCoord(torch.autograd.Function):
         raw_c = full[:, coord_ids]
         s = sanitize_logits(raw_c)
         y_c = s / temperature
-        clean = ((full.amax(-1) <= LOGIT_BOUND) & (full.amin(-1) >= -LOGIT_BOUND)).cpu()  # NaN compares False
         rows_per = max(1, _BLOCK_ELEMS // max(v, 1))
         work = torch.empty((min(rows_per, n), v), dtype=torch.float32, device=full.device)
         m = torch.empty(n, dtype=torch.float32, device=full.device)
@@ -214,7 +240,7 @@ class _LogPCoord(torch.autograd.Function):
         for r0 in range(0, n, rows_per):
             r1 = min(n, r0 + rows_per)
             blk = work[: r1 - r0]
-            m[r0:r1] = _exp_block(blk, full[r0:r1], not bool(clean[r0:r1].all()), temperature, None)
+            m[r0:r1] = _exp_block(blk, full[r0:r1], temperature, None)
             text_mass[r0:r1] = blk.index_fill_(1, coord_ids, 0.0).sum(-1)
         # coord mass relative to the same row max, in float64 from the exact slice (no underflow before e^-745)
         coord_mass = ((s.double() - m.double().unsqueeze(-1)) / temperature).exp().sum(-1)
@@ -225,7 +251,7 @@ class _LogPCoord(torch.autograd.Function):
         log_p_coord = torch.where(p_text < 0.5, torch.log1p(-p_text), lse_c - lse_full).clamp(max=0.0)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(full)
-            ctx.stats = (coord_ids, m, total, torch.softmax(y_c, dim=-1), raw_c.abs() <= LOGIT_BOUND, clean)
+            ctx.stats = (coord_ids, m, total, torch.softmax(y_c, dim=-1), raw_c.abs() <= LOGIT_BOUND)
             ctx.temperature, ctx.rows_per = temperature, rows_per
         return s, log_p_coord
 
@@ -233,7 +259,7 @@ class _LogPCoord(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_s: torch.Tensor | None, g_lpc: torch.Tensor | None):  # type: ignore[override]
         (full,) = ctx.saved_tensors
-        coord_ids, m, total, p_c, keep_c, clean = ctx.stats
+        coord_ids, m, total, p_c, keep_c = ctx.stats
         tau, rows_per = ctx.temperature, ctx.rows_per
         n, v = full.shape
         # coord-column part, fp32 [N, 1000]: (g/τ)·softmax(s/τ) + g_s, zeroed where sanitisation replaced a value
@@ -254,26 +280,27 @@ class _LogPCoord(torch.autograd.Function):
         for r0 in range(0, n, rows_per):
             r1 = min(n, r0 + rows_per)
             blk = grad[r0:r1] if work is None else work[: r1 - r0]
-            dirty = not bool(clean[r0:r1].all())
-            _exp_block(blk, full[r0:r1], dirty, tau, m[r0:r1])
+            _exp_block(blk, full[r0:r1], tau, m[r0:r1])
             blk.mul_(coef[r0:r1])
-            if dirty:
-                blk.mul_(full[r0:r1].abs() <= LOGIT_BOUND)
+            blk.mul_(full[r0:r1].abs() <= LOGIT_BOUND)  # NaN compares False: zero gradient where sanitised
             blk.index_add_(1, coord_ids, add_c[r0:r1])
             if work is not None:
                 grad[r0:r1].copy_(blk)
         return grad, None, None
 
 
-def _exp_block(dst: torch.Tensor, src: torch.Tensor, dirty: bool, temperature: float,
-               m: torch.Tensor | None) -> torch.Tensor:
+def _sanitize_block(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """In place ``dst <- sanitize(src)`` (dst fp32 work block): clamp maps ±inf to ±1e4, then NaN -> 0."""
+    dst.copy_(src)
+    return dst.clamp_(-LOGIT_BOUND, LOGIT_BOUND).nan_to_num_(nan=0.0)
+
+
+def _exp_block(dst: torch.Tensor, src: torch.Tensor, temperature: float, m: torch.Tensor | None) -> torch.Tensor:
     """In place ``dst <- exp((sanitize(src) − m)/τ)`` (dst fp32 [r, V]); ``m`` [r] defaults to the sanitised row max.
 
-    Returns ``m``. ``dirty`` = the rows hold values that sanitisation changes (else the clamp passes are skipped).
+    Returns ``m``.
     """
-    dst.copy_(src)
-    if dirty:
-        dst.clamp_(-LOGIT_BOUND, LOGIT_BOUND).nan_to_num_(nan=0.0)  # clamp maps ±inf to ±1e4, NaN -> 0 after
+    _sanitize_block(dst, src)
     if m is None:
         m = dst.amax(-1)
     dst.sub_(m.unsqueeze(-1))
@@ -294,7 +321,7 @@ def coord_gate(full_logits: torch.Tensor, coord_ids: torch.Tensor, temperature: 
     """``max(0, LSE(z/τ) − LSE(z[coord_ids]/τ))`` = −log p_coord: full_logits [N,V] -> [N] float32."""
     t = _check_temperature(temperature)
     _, log_p_coord = _slice_and_log_p_coord(full_logits, coord_ids, t)
-    return _clean_out((-log_p_coord).float()).clamp(min=0.0)
+    return _clean_out(_coord_gate_core(log_p_coord))
 
 
 def text_gate(full_logits: torch.Tensor, coord_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -340,21 +367,21 @@ class _CoordView:
         return self._q
 
     def term_soft_ce(self) -> torch.Tensor:
-        return -(self.q * self.logp).sum(-1)
+        return _soft_ce_core(self.q, self.logp)
 
     def term_w1(self) -> torch.Tensor:
-        return (self.p.cumsum(-1) - self.q.cumsum(-1)).abs().sum(-1) / MAX_BIN
+        return _w1_core(self.p, self.q)
 
     def term_coord_ce(self) -> torch.Tensor:
-        return -self.logp.gather(-1, self.target_bins.unsqueeze(-1)).squeeze(-1)
+        return _coord_ce_core(self.logp, self.target_bins)
 
     def term_coord_gate(self) -> torch.Tensor:
         if self.log_p_coord is None:
             raise RuntimeError("coord_gate requested without the full-vocabulary LSE")
-        return (-self.log_p_coord).float().clamp(min=0.0)
+        return _coord_gate_core(self.log_p_coord)
 
     def term_entropy(self) -> torch.Tensor:
-        return -(self.p * self.logp).sum(-1)
+        return _entropy_core(self.logp, self.p)
 
 
 # Registry: term name -> (needs the full-vocab LSE, needs target bins); computed by ``_CoordView.term_<name>``.

@@ -1,9 +1,11 @@
-"""Unified loss registry (SPEC §4-§6): token types, rich meta, ``TeacherForcingContext``, objective /
+"""Unified loss registry (SPEC §4-§6): token types, rich meta, the host-built ``TeacherForcingBatch`` and the
+``TeacherForcingContext`` it binds logits into (``batch.with_logits(...)``), objective /
 diagnostics modules, the pipeline config + checksum, the executor and the straight-through bridge (``st``).
 
 Pure and trainer-independent: imports ``losses``, ``coord``, ``config`` only (never ``rollout`` or ``trainers``).
 """
 from coordexp_swift.teacher_forcing import st
+from coordexp_swift.teacher_forcing.batch import ContextIndex, TeacherForcingBatch, debug_checks, set_debug_checks
 from coordexp_swift.teacher_forcing.context import (
     CONTEXTS,
     BoxGroupsView,
@@ -41,7 +43,7 @@ __all__ = [
     "CONTEXTS", "ENTRY_POINT_GROUP", "MANIFEST_FILENAME", "TYPE_NAMES",
     "BBoxGroups", "BoxGroupsView", "CEWeightTable", "CoordSlots", "ModuleOutput", "ModuleSpec", "ObjectivePipeline",
     "PipelineEntry", "PipelineManifest", "PipelineModule", "PipelineResult", "PrefixRecord", "RunSettings",
-    "SegmentMeta", "TeacherForcingContext",
+    "SegmentMeta", "TeacherForcingBatch", "TeacherForcingContext", "ContextIndex", "debug_checks", "set_debug_checks",
     "build_gt_meta", "build_rollout_meta", "canonical_json", "ce_weights", "default_manifest", "describe_pipeline",
     "module_registry", "offsets_from_pieces", "parse_pipeline", "partition_token_types", "resolve_pipeline",
     "scan_coordjson", "settings_from_config", "st", "stage1_manifest", "write_manifest",

@@ -6,7 +6,8 @@ Rules: list order; disabled entries and entries whose ``channels`` exclude ``ctx
 effective weight is > 0 (entries with weight 0 emit nothing). Objective modules fail fast (exceptions propagate).
 Diagnostics are best-effort: on the first exception of a diagnostics module, one warning is logged,
 ``diag/<name>_failed_count`` = 1 is emitted for that step, and the module is disabled for the rest of the run.
-Modules issue no collectives; the executor issues none either.
+Modules issue no collectives; the executor issues none either. Nothing here reads the device: values (losses and
+diagnostics) stay tensors until :attr:`PipelineResult.metrics` moves them to the host in one transfer.
 """
 from __future__ import annotations
 
@@ -34,22 +35,24 @@ CONTRIBUTION_KEYS: tuple[str, ...] = ("loss/struct_ce", "loss/desc_ce", "loss/co
 @dataclass(frozen=True)
 class PipelineResult:
     """``total``: scalar loss (graph-connected); ``terms``: post-weighting contribution tensors (sum to ``total``);
-    ``breakdown``: post-weighting breakdown tensors; ``diagnostics``: diagnostics values and failure counters;
-    ``denominators``: key -> mean name (``ModuleOutput.denominators``). ``metrics`` (computed on first access, in
-    one device-to-host transfer): every emitted key -> Python float."""
+    ``breakdown``: post-weighting breakdown tensors; ``diagnostics``: diagnostics values (0-d tensors, or host numbers
+    such as counters) and failure counters; ``denominators``: key -> mean name (``ModuleOutput.denominators``).
+    ``metrics`` (computed on first access, in one device-to-host transfer): every emitted key -> Python float."""
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     breakdown: dict[str, torch.Tensor] = field(default_factory=dict)
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, torch.Tensor | float] = field(default_factory=dict)
     denominators: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def metrics(self) -> dict[str, float]:
-        emitted = {**self.terms, **self.breakdown}
-        values = torch.stack([v.detach().float().to(self.total.device) for v in emitted.values()]).tolist() \
-            if emitted else []
-        return {**dict(zip(emitted, values)), **self.diagnostics}
+        emitted = {**self.terms, **self.breakdown,
+                   **{k: v for k, v in self.diagnostics.items() if isinstance(v, torch.Tensor)}}
+        values = torch.stack([v.detach().float().reshape(()).to(self.total.device)
+                              for v in emitted.values()]).tolist() if emitted else []
+        plain = {k: float(v) for k, v in self.diagnostics.items() if not isinstance(v, torch.Tensor)}
+        return {**dict(zip(emitted, values)), **plain}
 
 
 def settings_from_config(cfg: object) -> RunSettings:
@@ -86,7 +89,7 @@ class ObjectivePipeline:
     def __call__(self, ctx: TeacherForcingContext) -> PipelineResult:
         runnable = [(e, m) for e, m in self._objective if self._runs(e, ctx.channel) and e.weight > 0]
         ctx = ctx.prepared(self.ce_table, gather_slot_rows=any(m.reads_slot_rows(ctx) for _, m in runnable))
-        total = torch.zeros((), dtype=torch.float32, device=ctx.input_ids.device)
+        total = torch.zeros((), dtype=torch.float32, device=ctx.target_ids.device)
         terms: dict[str, torch.Tensor] = {}
         breakdown: dict[str, torch.Tensor] = {}
         denominators: dict[str, str] = {}
@@ -103,7 +106,7 @@ class ObjectivePipeline:
         first = next(iter(ctx.logits.values()))
         if not total.requires_grad and first.requires_grad:  # nothing supervised: still a backward-able exact 0.0
             total = total + graph_zero(first)
-        diagnostics: dict[str, float] = {}
+        diagnostics: dict[str, torch.Tensor | float] = {}
         for entry, module in self._diagnostics:
             if not self._runs(entry, ctx.channel) or entry.name in self.disabled_diagnostics:
                 continue
@@ -112,7 +115,7 @@ class ObjectivePipeline:
                               denominators=denominators)
 
     def _run_diagnostic(self, entry: PipelineEntry, module: PipelineModule,
-                        ctx: TeacherForcingContext) -> dict[str, float]:
+                        ctx: TeacherForcingContext) -> dict[str, torch.Tensor | float]:
         try:
             return dict(module(ctx).metrics)
         except Exception as exc:  # noqa: BLE001 - diagnostics are best-effort by contract (SPEC §6.1)

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from swift.trainers import Seq2SeqTrainer
 
-from coordexp_swift.coord.vocab import coord_token_ids
+from coordexp_swift.coord.vocab import VocabView
 from coordexp_swift.run_context import current, write_resolved_config
 from coordexp_swift.teacher_forcing.stage1 import Stage1Objective, Stage1Step
 from coordexp_swift.trainers.forwards import forward
@@ -37,17 +37,15 @@ class Stage1Trainer(Seq2SeqTrainer):
         ctx = current()
         soft = ctx.config.custom.coord_soft_ce_w1
         tokenizer = self.template.tokenizer
-        coord_ids = coord_token_ids(tokenizer)
-        vocab = self.model.get_output_embeddings().weight.shape[0]
-        if int(coord_ids.max()) >= vocab:
-            raise ValueError(f"coord token id {int(coord_ids.max())} is outside the model's output vocab ({vocab}); "
-                             "resize the checkpoint with `coordexp-swift expand-vocab`")
-        # Per-id decoded text, for the token-type split of targets (computed once; byte pieces of multi-byte
-        # characters decode to U+FFFD, which keeps JSON structure and desc spans intact).
-        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
-                                        clean_up_tokenization_spaces=False)
-        self.objective = Stage1Objective(soft, coord_ids=coord_ids, vocab_size=max(vocab, len(tokenizer)),
-                                         eos_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pieces=pieces)
+        weight = self.model.get_output_embeddings().weight
+        vocab = int(getattr(weight, "ds_shape", weight.shape)[0])  # ZeRO-3 partitions it: shape is (0,) there
+        # The run's one vocabulary view (coord ids, id -> bin tables, per-id decoded pieces for the token-type
+        # split, <|im_end|>), built once.
+        self.vocab = VocabView.from_tokenizer(tokenizer, vocab_size=vocab)
+        if int(self.vocab.coord_ids.max()) >= vocab:
+            raise ValueError(f"coord token id {int(self.vocab.coord_ids.max())} is outside the model's output vocab "
+                             f"({vocab}); resize the checkpoint with `coordexp-swift expand-vocab`")
+        self.objective = Stage1Objective(soft, self.vocab)
         self._window_counts: torch.Tensor | None = None
         if self.args.process_index == 0:
             path = write_resolved_config(ctx, self.args.output_dir)
@@ -70,12 +68,12 @@ class Stage1Trainer(Seq2SeqTrainer):
     # --- loss ---------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        meta = self.objective.meta(labels, inputs.get("logits_to_keep"))  # host work, before the forward is queued
+        batch = self.objective.batch(labels, inputs.get("logits_to_keep"))  # host work, before the forward is queued
         # the preamble (trainers/forwards.py); ms-swift's logits_to_keep passes through: guard logits vs labels
         outputs = forward(model, inputs, sft_labels=labels)
         logits = outputs.logits
         use_window = self._window_counts is not None and num_items_in_batch is not None
-        step = self.objective(logits, labels, meta=meta, window_counts=self._window_counts if use_window else None)
+        step = self.objective(logits, batch=batch, window_counts=self._window_counts if use_window else None)
         loss = step.loss
         if use_window and self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
             loss = loss * self.accelerator.num_processes
@@ -84,14 +82,13 @@ class Stage1Trainer(Seq2SeqTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _log_stage1(self, step: Stage1Step) -> None:
-        """Loss parts and accuracies, moved to the host in ONE transfer; an accuracy with no targets in this
-        micro-batch is not observed (rather than logged as 0)."""
+        """Loss parts and accuracy hits, moved to the host in ONE transfer (the step's only device read); an
+        accuracy with no targets in this micro-batch (host count 0) is not observed (rather than logged as 0)."""
         metrics = self.custom_metrics["train" if self.model.training else "eval"]
         flat = torch.stack([v.float() for v in step.logged.values()]
-                           + [x.float() for hit_n in step.accuracies.values() for x in hit_n]).tolist()
+                           + [hit.float() for hit, _ in step.accuracies.values()]).tolist()
         for key, val in zip(step.logged, flat):
             metrics[key].update(val)
-        for i, key in enumerate(step.accuracies):
-            hit, n = flat[len(step.logged) + 2 * i: len(step.logged) + 2 * i + 2]
+        for i, (key, (_, n)) in enumerate(step.accuracies.items()):
             if n > 0:
-                metrics[key].update(hit / n)
+                metrics[key].update(flat[len(step.logged) + i] / n)

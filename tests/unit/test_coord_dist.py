@@ -180,8 +180,10 @@ def test_soft_labels_edge_renormalisation_raises_peak():
     assert q[2, 999].item() == pytest.approx(q[0, 0].item(), rel=1e-6)  # symmetric edges
 
 
-def test_soft_labels_validation():
-    """§2.1 knobs: σ > 0, truncate null or int >= 0, bins within 0..999."""
+def test_soft_labels_validation(monkeypatch):
+    """§2.1 knobs: σ > 0, truncate null or int >= 0, bins within 0..999 (the range check reads the values: it runs
+    under the debug flag, issue 8 item 5)."""
+    monkeypatch.setattr(cd, "DEBUG_CHECKS", True)
     b = torch.tensor([3])
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="target_sigma"):
@@ -411,8 +413,18 @@ def test_bf16_input_gives_bf16_grad_and_fp32_math(block_rows, monkeypatch):
     torch.testing.assert_close(xb.grad.float(), xf.grad.bfloat16().float(), rtol=0, atol=0)
 
 
-def test_validation_errors():
-    """§2.1 / contracts: unknown term names list the known ones; bad τ, shapes and bins raise ValueError."""
+def test_validation_errors(monkeypatch):
+    """§2.1 / contracts: unknown term names list the known ones; bad τ, shapes and bins raise ValueError. Checks on
+    values (bins range, coord-id range) need a device read: they run only under ``DEBUG_CHECKS`` (issue 8 item 5),
+    so without it out-of-range bins pass unchecked."""
+    cid = _coord_ids()
+    x = _logits(2)
+    monkeypatch.setattr(cd, "DEBUG_CHECKS", False)
+    cd.coord_terms(x, cid, torch.tensor([1, 1000]).clamp(max=999), want={"soft_ce"})
+    cd.gaussian_soft_labels(torch.tensor([1000]), 2.0)  # no value check (and no host sync) without the flag
+    monkeypatch.setattr(cd, "DEBUG_CHECKS", True)
+    with pytest.raises(ValueError, match="coord_ids must index the vocabulary"):
+        cd.coord_terms(x, torch.arange(1000) + V - 999, torch.tensor([1, 2]), want={"w1"})
     cid = _coord_ids()
     x = _logits(2)
     b = torch.tensor([1, 2])

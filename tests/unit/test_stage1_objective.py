@@ -556,10 +556,10 @@ def test_one_implementation_per_component():
     assert [type(m) for _, m in obj.pipeline._objective] == [reg["token_ce"].cls, reg["coord_reg"].cls]
     assert [type(m) for _, m in objective(W_ALL, enabled=False).pipeline._objective] == [reg["token_ce"].cls]
     pkg = Path(__import__("coordexp_swift").__file__).parent
-    loss_call = re.compile(r"\b(cross_entropy|coord_terms|soft_ce|w1_cdf|coord_ce|coord_gate|text_gate|entropy|"
-                           r"expected_l1|expected_huber|log_softmax)\(")
+    loss_call = re.compile(r"\b(cross_entropy|token_ce_rows|coord_terms|soft_ce|w1_cdf|coord_ce|coord_gate|text_gate|"
+                           r"entropy|expected_l1|expected_huber|log_softmax)\(")
     users = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
                    if any(loss_call.search(line) and not line.lstrip().startswith(("def ", "#", '"'))
                           for line in p.read_text().splitlines()))
-    assert users == ["losses/coord_dist.py", "teacher_forcing/modules/coord_diag.py",
+    assert users == ["losses/coord_dist.py", "losses/token_ce.py", "teacher_forcing/modules/coord_diag.py",
                      "teacher_forcing/modules/coord_reg.py", "teacher_forcing/modules/token_ce.py"], users

@@ -4,7 +4,9 @@ A module class declares ``name``, ``kind`` (``"objective"`` | ``"diagnostics"``)
 variant -> frozen config dataclass; the variants it supports) and ``channels`` (the channels it may run on). An
 instance is built from its resolved config and the run's :class:`RunSettings`, and called with a
 ``TeacherForcingContext``. It returns a :class:`ModuleOutput` of **unweighted** values (the executor multiplies by
-the entry weight). Modules read only the context views, never run the model, and issue no collectives.
+the entry weight). Modules read only the context views, never run the model, and issue no collectives. They also
+never read the device (no ``nonzero``, ``.item()``/``float(t)``, boolean-mask indexing, ``.cpu()``): every index
+they need was built on the host by the ``TeacherForcingBatch`` (``ctx.index(context)``).
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ class ModuleOutput:
     ``loss``: scalar tensor (objective modules; graph-connected, exactly 0.0 when nothing is supervised).
     ``terms``: §8.2 contribution keys (``loss/struct_ce``, ``loss/geo``, …) -> scalar tensors summing to ``loss``.
     ``breakdown``: §8.2 breakdown keys (``loss/geo/bbox_ciou``, ``loss/struct_ce/self_context``, …) -> scalars.
-    ``metrics``: diagnostics -> Python floats (already fully named, not weighted).
+    ``metrics``: diagnostics -> 0-d tensors (values computed on the device: never ``float(t)``, which is a host
+    sync) or Python numbers (host-known counters); already fully named, not weighted.
     ``denominators``: ``terms``/``breakdown`` key -> name of the mean it is (``TeacherForcingContext.mean``), for keys
     that are token or slot means; lets a caller with global denominators recover micro-batch means for logging.
     """
@@ -46,7 +49,7 @@ class ModuleOutput:
     loss: torch.Tensor | None = None
     terms: Mapping[str, torch.Tensor] = field(default_factory=dict)
     breakdown: Mapping[str, torch.Tensor] = field(default_factory=dict)
-    metrics: Mapping[str, float] = field(default_factory=dict)
+    metrics: Mapping[str, torch.Tensor | float] = field(default_factory=dict)
     denominators: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -47,7 +47,7 @@ def decode_boxes(ctx: TeacherForcingContext, context: str, mode: str) -> tuple[t
     """``(pred [G, 4], gt [G, 4])`` normalised xyxy of every supervised box group, canonicalised and clamped."""
     groups = ctx.bbox_groups()
     if context == "gt":  # gt slots are every coord target (Stage-1 polygons), not only the groups
-        s = ctx.coord_logits_at(context, groups.row.repeat_interleave(4), groups.pos.reshape(-1))
+        s = ctx.coord_logits_flat(context, ctx.batch.group_flat)
     else:  # group slots, in group order: the context's shared fused gather
         s = ctx.gathered(context).slot_coord
     coord_logits = s.reshape(-1, 4, s.shape[-1])

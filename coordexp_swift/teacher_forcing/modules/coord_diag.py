@@ -1,5 +1,6 @@
 """``coord_diag`` diagnostics (SPEC §8.2): calibration of the coord distribution at supervised slots, per context.
 
+Values are 0-d tensors (moved to the host with the step's other logged values), counters host numbers.
 For every context c with logits and ≥ 1 slot (``ctx.coord_slots(c)``), under ``torch.no_grad`` with
 ``P = softmax(z[pos − 1, coord_ids])`` and GT bin b:
 ``coord_diag/<c>/coord_tokens_total`` (slots, counter), ``acc_top5_mean`` (b among the 5 largest P),
@@ -59,27 +60,27 @@ class CoordDiagModule(PipelineModule):
 
     @torch.no_grad()
     def __call__(self, ctx: TeacherForcingContext) -> ModuleOutput:
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor | float] = {}
         for context in CONTEXTS:
             if context not in ctx.logits:
                 continue
-            slots = ctx.coord_slots(context)
+            idx = ctx.index(context)
             prefix = f"coord_diag/{context}"
-            metrics[f"{prefix}/coord_tokens_total"] = float(len(slots))
-            if len(slots) == 0:
+            metrics[f"{prefix}/coord_tokens_total"] = float(idx.n_slots)
+            if idx.n_slots == 0:
                 continue
-            s = ctx.coord_logits_at(context, slots.row, slots.pos)
-            lse = torch.cat([torch.logsumexp(ctx.logits_at(context, slots.row[i:i + _CHUNK],
-                                                           slots.pos[i:i + _CHUNK]).float(), dim=-1)
-                             for i in range(0, len(slots), _CHUNK)])
-            stats = coord_slot_stats(s, lse, slots.target_bins.to(s.device))
+            flat = idx.slot_flat
+            s = ctx.coord_logits_flat(context, flat)
+            lse = torch.cat([torch.logsumexp(ctx.rows_flat(context, flat[i:i + _CHUNK]).float(), dim=-1)
+                             for i in range(0, idx.n_slots, _CHUNK)])
+            stats = coord_slot_stats(s, lse, idx.slot_bins)
             for name, v in stats.items():
-                metrics[f"{prefix}/{name}_mean"] = float(v.mean())
+                metrics[f"{prefix}/{name}_mean"] = v.mean()
             if context == "self_context" and ctx.coord_embeddings is not None:
                 e_c = ctx.coord_embeddings.float()
                 tau = self.settings.softctx_temperature
                 e_soft = st.embed(s, e_c, "soft", tau)
                 e_hard = st.embed(s, e_c, "hard", tau)
                 gap = (e_hard - e_soft).norm(dim=-1) / e_hard.norm(dim=-1).clamp_min(1e-12)
-                metrics[f"{prefix}/st_embed_gap_mean"] = float(gap.mean())
+                metrics[f"{prefix}/st_embed_gap_mean"] = gap.mean()
         return ModuleOutput(metrics=metrics)

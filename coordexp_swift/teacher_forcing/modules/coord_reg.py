@@ -21,7 +21,6 @@ from coordexp_swift.coord.codec import MAX_BIN, NUM_BINS
 from coordexp_swift.losses.coord_dist import coord_terms, expected_huber, expected_l1, text_gate
 from coordexp_swift.teacher_forcing.context import TeacherForcingContext
 from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule, plain_zero
-from coordexp_swift.teacher_forcing.token_types import COORD, EOS
 
 __all__ = ["COORD_REG_TERMS", "CoordRegConfig", "CoordRegModule", "CoordRegTwoChannelConfig"]
 
@@ -142,34 +141,36 @@ class CoordRegModule(PipelineModule):
             if "coord_gate" in fused:  # full rows at the slots: from the shared gather when the executor asked
                 rows = gathered.slot_rows
                 if rows is None:
-                    rows = ctx.logits_at(context, slots.row, slots.pos)
+                    rows = ctx.rows_flat(context, ctx.index(context).slot_flat)
                 ids = ctx.coord_ids
             else:  # the coord slice alone (identity ids)
                 rows = gathered.slot_coord
                 ids = torch.arange(NUM_BINS, device=rows.device)
-            got = coord_terms(rows, ids.to(rows.device), slots.target_bins.to(rows.device),
-                              temperature=cfg.temperature, sigma=cfg.target_sigma, truncate=cfg.target_truncate,
-                              want=frozenset(fused))
-            out.update({t: ctx.mean("coord", v.sum(), v.numel()) for t, v in got.items()})
+            got = coord_terms(rows, ids, slots.target_bins, temperature=cfg.temperature, sigma=cfg.target_sigma,
+                              truncate=cfg.target_truncate, want=frozenset(fused))
+            out.update({t: ctx.mean("coord", v.sum(), v.numel(), context) for t, v in got.items()})
         if {"el1", "ehuber"} & slot_terms:
             s = ctx.gathered(context).slot_coord
             g = slots.target_bins.to(s.device, torch.float32) / MAX_BIN
             if "el1" in slot_terms:
-                out["el1"] = ctx.mean("coord", expected_l1(s, g, cfg.temperature).sum(), g.numel())
+                out["el1"] = ctx.mean("coord", expected_l1(s, g, cfg.temperature).sum(), g.numel(), context)
             if "ehuber" in slot_terms:
                 out["ehuber"] = ctx.mean("coord", expected_huber(s, g, cfg.coord_huber_delta, cfg.temperature).sum(),
-                                         g.numel())
+                                         g.numel(), context)
         return out
 
     def reads_slot_rows(self, ctx: TeacherForcingContext) -> bool:
         return "coord_gate" in self.weights(ctx.geo_context)
 
     def _text_gate(self, ctx: TeacherForcingContext, zero: torch.Tensor) -> torch.Tensor:
-        """Rows with CE weight > 0 (the anchor context's shared gather) whose target is neither coord nor eos."""
-        g = ctx.gathered(ctx.anchor_context)
-        t = ctx.layout.types.reshape(-1)[g.flat_rows + 1]
-        keep = torch.nonzero((t != COORD) & (t != EOS)).reshape(-1)
-        if keep.numel() == 0:
+        """Rows with CE weight > 0 (the anchor context's shared gather) whose target is neither coord nor eos
+        (selected by the batch's host-built ``gate_sel``)."""
+        anchor = ctx.anchor_context
+        idx = ctx.index(anchor)
+        if idx.n_gate == 0:
             return zero
-        return ctx.mean("text_gate", text_gate(g.rows.index_select(0, keep), ctx.coord_ids,
-                                               self.config.temperature).sum(), keep.numel())
+        rows = ctx.gathered(anchor).rows
+        if idx.n_gate != idx.n_ce:
+            rows = rows.index_select(0, idx.gate_sel)
+        return ctx.mean("text_gate", text_gate(rows, ctx.coord_ids, self.config.temperature).sum(), idx.n_gate,
+                        anchor)

@@ -2,7 +2,9 @@
 
 Per context c: ``token_ce_c = scale_c · Σ_t w_t·CE_t / max(Σ_t w_t, 1e-6)`` over positions with ``w_t > 0`` (0 if
 none; ``Σ_t w_t`` is replaced by the caller's global count when the context carries ``denominators["token_ce"]``),
-``CE_t = −log softmax(z[t−1])[id_t]`` (full vocabulary, fp32, sanitised logits). The parts share the denominator:
+``CE_t = −log softmax(z[t−1])[id_t]`` (full vocabulary, fp32, sanitised logits; ``losses.token_ce.token_ce_rows``,
+blocked, no fp32 ``[N, V]`` copy). The CE rows, targets and per-part weights come from the batch's host-built
+index (``ctx.index(context)``). The parts share the denominator:
 ``loss/struct_ce`` (struct + eos), ``loss/desc_ce``, ``loss/coord_token_ce`` (Stage-1 with the coord loss off); the
 ``self_context`` stabilizer adds to ``loss/struct_ce`` and is broken out as ``loss/struct_ce/self_context``.
 A key is emitted iff its effective weight is > 0.
@@ -13,13 +15,11 @@ from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from coordexp_swift.config.strict import bounded
-from coordexp_swift.losses.coord_dist import sanitize_logits
-from coordexp_swift.teacher_forcing.context import CONTEXTS, CEWeightTable, TeacherForcingContext
+from coordexp_swift.losses.token_ce import token_ce_rows
+from coordexp_swift.teacher_forcing.context import CONTEXTS, CEWeightTable, ContextIndex, TeacherForcingContext
 from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule, plain_zero
-from coordexp_swift.teacher_forcing.token_types import COORD, DESC
 
 __all__ = ["Stage1TokenCEConfig", "TokenCEConfig", "TokenCEModule", "TokenCETwoChannelConfig"]
 
@@ -78,38 +78,25 @@ class Stage1TokenCEConfig:
         return CEWeightTable(desc_ce_weight=self.desc_ce_weight, coord_token_ce_weight=self.coord_token_ce_weight)
 
 
-def _parts(ctx: TeacherForcingContext, z: torch.Tensor, target_flat: torch.Tensor,
-           weights: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Parts ``{struct, desc, coord}`` of ``Σ w·CE / den`` (unscaled) for the input positions ``target_flat``
-    (flat ``row·T + pos``) and their predicting logits rows ``z [N, V]``; ``den`` = ``ctx.mean("token_ce", …)``
-    (Σ w of these positions unless the caller gave a global one)."""
-    if target_flat.numel() == 0:
+def _parts(ctx: TeacherForcingContext, context: str, z: torch.Tensor, idx: ContextIndex) -> dict[str, torch.Tensor]:
+    """Parts ``{struct, desc, coord}`` of ``Σ w·CE / den`` (unscaled) over the CE rows of ``idx``, whose predicting
+    logits rows are ``z [N, V]``; ``den`` = ``ctx.mean("token_ce", …)`` (Σ w of these positions unless the caller
+    gave a global one)."""
+    if idx.n_ce == 0:
         zero = plain_zero(z)
         return {k: zero for k in _PART_KEYS}
-    ce = torch.nan_to_num(F.cross_entropy(sanitize_logits(z.float()), ctx.input_ids.reshape(-1)[target_flat],
-                                          reduction="none"))
-    w = weights.reshape(-1)[target_flat]
-    t = ctx.layout.types.reshape(-1)[target_flat]
-    wce = w * ce
-    desc, coord = t == DESC, t == COORD
-    w_sum = w.sum()
-    return {
-        "struct": ctx.mean("token_ce", wce.masked_fill(desc | coord, 0.0).sum(), w_sum),
-        "desc": ctx.mean("token_ce", wce.masked_fill(~desc, 0.0).sum(), w_sum),
-        "coord": ctx.mean("token_ce", wce.masked_fill(~coord, 0.0).sum(), w_sum),
-    }
+    wce = idx.ce_part_w * token_ce_rows(z, idx.ce_target)  # [3, N]: struct+eos, desc, coord
+    sums = wce.sum(-1)
+    return {k: ctx.mean("token_ce", sums[i], idx.ce_w_sum, context) for i, k in enumerate(_PART_KEYS)}
 
 
-def _context_parts(ctx: TeacherForcingContext, context: str, table: CEWeightTable,
-                   w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """CE parts of ``context`` under ``table`` (weights ``w [B, T]``): from the context's cached fused gather when
-    ``table`` is the run's table, else by gathering the rows with ``w > 0`` (logits at ``pos − 1``)."""
+def _context_parts(ctx: TeacherForcingContext, context: str, table: CEWeightTable) -> dict[str, torch.Tensor]:
+    """CE parts of ``context`` under ``table``: from the context's cached fused gather when ``table`` is the run's
+    table, else from the batch's index for ``table`` (built on the host on first use)."""
     if table == ctx.ce_table:
-        g = ctx.gathered(context)
-        return _parts(ctx, g.rows, g.flat_rows + 1, w)
-    row, pos = torch.nonzero(w > 0, as_tuple=True)
-    seq = ctx.input_ids.shape[1]
-    return _parts(ctx, ctx.logits_at(context, row, pos), row * seq + pos, w)
+        return _parts(ctx, context, ctx.gathered(context).rows, ctx.index(context))
+    idx = ctx.batch.index_for(context, table)
+    return _parts(ctx, context, ctx.rows_flat(context, idx.ce_flat), idx)
 
 
 class TokenCEModule(PipelineModule):
@@ -133,10 +120,10 @@ class TokenCEModule(PipelineModule):
             if context not in ctx.logits:
                 continue
             comp = table.component_weights(context)
-            w, scale = ctx.ce_weights(context, table)
+            scale = ctx.batch.index_for(context, table).scale
             if scale <= 0 or all(v <= 0 for v in comp.values()):
                 continue
-            parts = _context_parts(ctx, context, table, w)
+            parts = _context_parts(ctx, context, table)
             for part, value in parts.items():
                 if comp[part] <= 0:
                     continue

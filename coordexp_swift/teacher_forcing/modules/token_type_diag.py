@@ -1,7 +1,8 @@
 """``token_type_diag`` diagnostics: per-context counts of supervised tokens (CE weight > 0) by type.
 
 Keys ``token_type_diag/<context>/<type>_tokens_total`` (counters) for type in struct, desc, coord, eos, using the
-run's CE table (``ctx.ce_table``). Read-only: toggling it never changes the loss.
+run's CE table (``ctx.ce_table``), counted on the host when the batch was built (no device read). Read-only:
+toggling it never changes the loss.
 """
 from __future__ import annotations
 
@@ -39,15 +40,13 @@ class TokenTypeDiagModule(PipelineModule):
 
     @torch.no_grad()
     def __call__(self, ctx: TeacherForcingContext) -> ModuleOutput:
-        metrics: dict[str, float] = {}
-        types = ctx.layout.types
+        metrics: dict[str, torch.Tensor | float] = {}
         for context in CONTEXTS:
             if context not in ctx.logits:
                 continue
-            w, scale = ctx.ce_weights(context)
-            sup = (w > 0) & (scale > 0)
-            for code, name in TYPE_NAMES.items():
+            counts = ctx.index(context).type_counts
+            for name in TYPE_NAMES.values():
                 if name == "none":
                     continue
-                metrics[f"token_type_diag/{context}/{name}_tokens_total"] = float((sup & (types == code)).sum())
+                metrics[f"token_type_diag/{context}/{name}_tokens_total"] = float(counts[name])
         return ModuleOutput(metrics=metrics)
