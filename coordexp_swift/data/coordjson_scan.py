@@ -43,10 +43,12 @@ __all__ = [
 JSON_WS = " \t\n\r"
 #: A complete JSON string literal (escape aware).
 STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-# A string (closed, or unterminated up to the end of the text) or one structural character.
-_LEX_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[{}\[\],]', re.DOTALL)
+# A string: closed, or unterminated up to the end of the text.
+_STRING_LEX_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 _DESC_COLON_RE = re.compile(r"[ \t\n\r]*:[ \t\n\r]*\Z")
 _OPEN_BRACE, _CLOSE_BRACE, _OPEN_BRACKET, _CLOSE_BRACKET, _COMMA = map(ord, "{}[],")
+_IS_STRUCT = np.zeros(128, dtype=bool)  # ASCII code point -> is one of { } [ ] ,
+_IS_STRUCT[[_OPEN_BRACE, _CLOSE_BRACE, _OPEN_BRACKET, _CLOSE_BRACKET, _COMMA]] = True
 _EMPTY_SPANS = np.zeros((0, 2), dtype=np.int64)
 
 
@@ -105,29 +107,21 @@ class Lexed:
 
 
 def lex(text: str) -> Lexed:
-    """Lex ``text`` (see the module docstring); never raises."""
-    spans: list[tuple[int, int]] = []
-    struct: list[int] = []
-    for m in _LEX_RE.finditer(text):
-        a, b = m.span()
-        if b - a == 1 and text[a] != '"':
-            struct.append(a)
-        else:
-            spans.append((a, b))
-    strings = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-    closed = np.fromiter((b - a >= 2 and text[b - 1] == '"' and _closed(text, a, b) for a, b in spans),
-                         dtype=bool, count=len(spans))
-    struct_pos = np.asarray(struct, dtype=np.int64)
-    struct_chr = np.fromiter((ord(text[p]) for p in struct), dtype=np.int64, count=len(struct))
-    return Lexed(text, strings, closed, struct_pos, struct_chr)
-
-
-def _closed(text: str, a: int, b: int) -> bool:
-    """A lexed string ``text[a:b]`` ending in ``"`` is closed unless that quote is escaped (only possible when the
-    match ran to the end of the text)."""
-    if b < len(text):
-        return True
-    return STRING_RE.fullmatch(text, a, b) is not None
+    """Lex ``text`` (see the module docstring); never raises. Strings come from one C-level regex pass (outside
+    strings CoordJSON has no quotes, so ``finditer`` finds exactly the strings a sequential scanner would); the
+    structural characters are a vectorised mask of the text outside them."""
+    n = len(text)
+    strings = np.asarray([m.span() for m in _STRING_LEX_RE.finditer(text)], dtype=np.int64).reshape(-1, 2)
+    closed = np.ones(len(strings), dtype=bool)
+    if len(strings) and strings[-1, 1] == n:  # only the last string can be unterminated (it runs to the end)
+        closed[-1] = STRING_RE.fullmatch(text, int(strings[-1, 0]), n) is not None
+    chars = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    depth = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(depth, strings[:, 0], 1)
+    np.add.at(depth, strings[:, 1], -1)
+    outside = np.cumsum(depth[:-1]) == 0
+    struct_pos = np.flatnonzero(outside & _IS_STRUCT[np.minimum(chars, 127)] & (chars < 128))
+    return Lexed(text, strings, closed, struct_pos, chars[struct_pos].astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -172,7 +166,8 @@ def scan_items(lx: Lexed, start: int) -> ItemScan:
     One Python step per item, none per character."""
     text, n = lx.text, len(lx.text)
     ends = lx.brace_ends()
-    stops = lx.struct_pos[np.isin(lx.struct_chr, (_OPEN_BRACE, _COMMA, _CLOSE_BRACKET))]
+    c = lx.struct_chr
+    stops = lx.struct_pos[(c == _OPEN_BRACE) | (c == _COMMA) | (c == _CLOSE_BRACKET)]
     items: list[Item] = []
     truncated, cut, pos = False, start, start
     while True:

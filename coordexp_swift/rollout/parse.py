@@ -106,6 +106,7 @@ _NUMBER_RE = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _COORD_LIKE_RE = re.compile(r"<\|coord_(\d{1,4})\|>")
 _CANONICAL_BIN = r"0|[1-9][0-9]{0,2}"
 _CANONICAL_BIN_RE = re.compile(_CANONICAL_BIN)
+_PLAIN_STRING_RE = re.compile(r'"[^"\\\x00-\x1f]*"')  # no escapes: the value is the body
 _POLY_KEYS = frozenset({"poly", "poly_points"})
 _MAX_DEPTH = 32
 
@@ -269,11 +270,15 @@ def _classify_fast(text: str, span: Span, order: str) -> ScannedRecord | None:
     m = _FAST[order].fullmatch(text, span[0], span[1])
     if m is None:
         return None
-    try:
-        desc = json.loads(m.group("desc"))
-    except ValueError:
-        return None
-    x1, y1, x2, y2 = (int(m.group(f"c{i}")) for i in range(4))
+    literal = m.group("desc")
+    if _PLAIN_STRING_RE.fullmatch(literal):
+        desc = literal[1:-1]  # nothing to unescape
+    else:
+        try:
+            desc = json.loads(literal)
+        except ValueError:
+            return None
+    x1, y1, x2, y2 = map(int, m.group("c0", "c1", "c2", "c3"))
     if not desc.strip() or x2 < x1 or y2 < y1:
         return None
     return ScannedRecord(span, None, True, desc, (x1, y1, x2, y2), m.span("desc"), m.span("box"))
