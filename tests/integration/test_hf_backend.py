@@ -6,6 +6,8 @@ padding, stop/truncation, determinism, seeding, mode restoration), not content.
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -69,15 +71,28 @@ def test_collate_left_pads_on_the_left():
 
 
 def test_registry_names_and_unknown_backend():
-    """SPEC §3.6 B0 backends hf | vllm; unknown names list the known ones; vllm fails clearly without vllm."""
+    """SPEC §3.6 B0 backends hf | vllm; unknown names list the known ones; the registry resolves each name to its
+    class in its own module without importing vllm (checked in a fresh interpreter)."""
     assert set(BACKENDS) == {"hf", "vllm"}
     with pytest.raises(ValueError, match="hf, vllm"):
         get_backend_cls("sglang")
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="rollout_backend: hf"):
-            build_backend("vllm", model=None, template=None)
+    from coordexp_swift.rollout.hf_backend import HFRolloutBackend
+    from coordexp_swift.rollout.vllm_backend import VllmRolloutBackend
+
+    assert get_backend_cls("hf") is HFRolloutBackend and get_backend_cls("vllm") is VllmRolloutBackend
+    code = ("import sys; from coordexp_swift.rollout.backends import get_backend_cls; c = get_backend_cls('vllm'); "
+            "print(c.__module__, c.__name__, 'vllm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["coordexp_swift.rollout.vllm_backend", "VllmRolloutBackend", "False"]
+
+
+def test_vllm_backend_without_vllm_names_the_fix(monkeypatch):
+    """SPEC §3.6 B0 / issue 8 item 8: with the ``vllm`` package not importable (made so here whether or not it is
+    installed: ``sys.modules['vllm'] = None`` makes ``import vllm`` raise ImportError), building the vllm backend
+    raises ImportError naming the fix, before touching the model or template."""
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match=r"needs the `vllm` package.*rollout_matching.rollout_backend: hf"):
+        build_backend("vllm", model=None, template=None)
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -200,13 +215,53 @@ def test_sampling_reproducible_with_seed(backend, rows):
     assert [o.response_ids for o in a] != [o.response_ids for o in c]
 
 
+def _next_log_probs(model, prompt, ids):
+    """float64 log-softmax of the next-token logits after ``prompt.input_ids + ids`` (one no-cache forward)."""
+    full = torch.tensor([list(prompt.input_ids) + list(ids)])
+    mm = torch.cat([prompt.mm_token_type_ids, torch.zeros(len(ids), dtype=torch.long)])[None]
+    out = model(input_ids=full, attention_mask=torch.ones_like(full), mm_token_type_ids=mm,
+                pixel_values=prompt.pixel_values.to(model.dtype), image_grid_thw=prompt.image_grid_thw,
+                use_cache=False)
+    return torch.log_softmax(out.logits[0, -1].double(), dim=-1)
+
+
+def _reference_beams(model, prompt, width, steps):
+    """Width-``width`` beam search written here from forwards: at each step keep the ``width`` highest cumulative
+    log-prob continuations over all beams x vocabulary (top 2·width per beam suffices). Returns the final beams
+    best first as ``(ids, sum log p)``. No ``<|im_end|>`` may enter a kept candidate (asserted), so every beam has
+    ``steps`` tokens and length normalisation cannot reorder them."""
+    beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+    for _ in range(steps):
+        cands = []
+        for ids, score in beams:
+            top = _next_log_probs(model, prompt, ids).topk(2 * width)
+            cands += [(ids + (int(t),), score + float(lp)) for lp, t in zip(top.values, top.indices)]
+        beams = sorted(cands, key=lambda c: -c[1])[:width]
+        assert all(IM_END not in ids for ids, _ in beams)
+    return beams
+
+
 def test_beam_returns_best_beam_only(backend, rows):
-    """SPEC §3.6 B0 decode_mode beam: one (best) response per sample, deterministic, same contract."""
+    """SPEC §3.6 B0 decode_mode beam: one response per sample — the highest-scoring final beam of a reference
+    beam search written in the test from per-step forwards (float64 log-probs) — deterministic, same contract."""
     d = DecodeOptions(mode="beam", num_beams=2, max_new_tokens=4, batch_size=2)
     a = backend.generate(rows[:2], decode=d, seeds=SEEDS)
     b = backend.generate(rows[:2], decode=d, seeds=RolloutSeeds(7))
     assert len(a) == 2 and a == b
-    assert all(isinstance(o, RolloutOutput) and 1 <= len(o.response_ids) <= 4 for o in a)
+    assert all(isinstance(o, RolloutOutput) and o.truncated and len(o.response_ids) == 4 for o in a)
+    model = backend.model
+    rope, modes = model.model.rope_deltas, [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for row, out in zip(rows[:2], a):
+                (best, s_best), (second, s_second) = _reference_beams(model, backend.encoder.encode(row), 2, 4)
+                assert s_best - s_second > 1e-3 and best != second  # the order of the two beams is unambiguous
+                assert out.response_ids == best
+    finally:
+        model.model.rope_deltas = rope
+        for m, flag in modes:
+            m.training = flag
 
 
 def test_modes_restored_and_no_grad(backend, rows):
