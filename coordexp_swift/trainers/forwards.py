@@ -124,7 +124,7 @@ def forward(
     return outputs
 
 
-# --- positions -------------------------------------------------------------------------------------------------------
+# --- positions ----------------------------------------------------------------------------------------------------
 def rope_module(model: torch.nn.Module) -> torch.nn.Module:
     """The submodule whose class defines ``get_rope_index`` (``Qwen3VLModel`` inside
     ``Qwen3VLForConditionalGeneration``, also under PEFT / DDP / DeepSpeed wrappers). ``RuntimeError`` if none."""
@@ -171,7 +171,7 @@ def positions_for(model: torch.nn.Module, inputs: Mapping[str, Any], *,
     return pos if device is None else pos.to(device, non_blocking=True)
 
 
-# --- the packed row ----------------------------------------------------------------------------------------------------
+# --- the packed row -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PackedRow:
     """One padding-free row of a micro-step's segments (SPEC §3.3).

@@ -85,7 +85,8 @@ def test_inputs_embeds_forward_with_explicit_positions_equals_ids_forward(tiny):
 def test_packed_row_of_two_segments_equals_unpacked_forwards(tiny):
     """issue 8 item 3 / SPEC §3.3: A and B packed into one padding-free row (bsz 1, no attention_mask, [4,1,T]
     positions, row 0 restarting per segment) give, per position, the logits of the two unpacked forwards (1e-5);
-    offsets / encoded_len locate each segment and the labels are the segments' labels back to back."""
+    offsets / encoded_len locate each segment and the labels are the segments' labels back to back. An
+    inputs_embeds forward on the row (its own positions) gives the same logits."""
     model, _, encs, singles = tiny
     lens = [len(e["input_ids"]) for e in encs]
     row = pack_segments(model, encs, max_length=sum(lens))
@@ -98,6 +99,9 @@ def test_packed_row_of_two_segments_equals_unpacked_forwards(tiny):
     assert packed.shape[:2] == (1, sum(lens))
     for i, single in enumerate(singles):
         torch.testing.assert_close(packed[:, row.segment(i)], _ids_forward(model, single), rtol=0, atol=1e-5)
+    # seed 001 1.3.2: a Channel-A iteration on the packed row (inputs_embeds, the row's own 4-row positions)
+    embeds = model.get_input_embeddings()(row.inputs["input_ids"])
+    torch.testing.assert_close(forward(model, row.inputs, inputs_embeds=embeds).logits, packed, rtol=0, atol=1e-5)
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 The preamble is what is under test; the model is a two-layer torch LM (embedding → linear) that records the keyword
 arguments it receives, so the test can see exactly what reaches a forward. The positions, the packed row and the
-real Qwen3-VL are covered by ``tests/integration/test_forwards.py``.
+real Qwen3-VL are covered by ``tests/integration/test_forwards.py`` (this file is not named test_forwards.py: pytest collects tests/ without packages, so basenames must be unique).
 """
 from __future__ import annotations
 
@@ -129,3 +129,12 @@ def test_pack_segments_fails_fast_on_overflow_and_empty():
         pack_segments(_RecordingLM(), segs, max_length=9)
     with pytest.raises(RuntimeError, match="get_rope_index"):
         rope_module(_RecordingLM())
+
+
+def test_layering():
+    """ARCHITECTURE §2/§5 layering: the preamble imports only torch and the standard library (no ms-swift, no
+    transformers), so every trainer can use it on any wrapped model."""
+    from coordexp_swift.trainers import forwards
+    from tests.layering import top_level_imports
+
+    assert top_level_imports(forwards) <= {"torch", "itertools", "dataclasses", "typing"}
