@@ -12,6 +12,7 @@ from coordexp_swift.config.custom import (
     VARIANT_STAGE2_ROLLOUT_ALIGNED,
     VARIANT_STAGE2_TWO_CHANNEL,
     CoordSoftCEW1Config,
+    DataConfig,
     CustomConfig,
     normalize_trainer_variant,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "CoordExpConfig",
     "CoordSoftCEW1Config",
     "CustomConfig",
+    "DataConfig",
     "DecodingConfig",
     "EvalDetectionConfig",
     "RolloutMatchingConfig",

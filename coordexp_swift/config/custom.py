@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Mapping, Optional
 
 from coordexp_swift.config.strict import bounded
+from coordexp_swift.config.text_literals import find_forbidden_literal, find_lone_surrogate
 
 __all__ = [
     "DEFAULT_USER_PROMPT",
@@ -17,6 +18,7 @@ __all__ = [
     "VARIANT_STAGE2_TWO_CHANNEL",
     "CoordSoftCEW1Config",
     "CustomConfig",
+    "DataConfig",
     "normalize_trainer_variant",
 ]
 
@@ -105,6 +107,21 @@ class CoordSoftCEW1Config:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """``custom.data``: what happens to a sample that cannot be trained on as written.
+
+    Fields:
+      on_bad_sample: ``fail`` (default): a record whose image file is missing, or a sample longer than ms-swift's
+        ``max_length``, stops the run before training (missing image) or at its first encode, naming file, line and
+        reason. ``skip``: such samples are left out, each logged with file, line and reason, counted per reason in
+        the log and in ``<output_dir>/coordexp_config.json`` (``data_skipped``). Invalid records (SPEC §1.5)
+        always fail.
+    """
+
+    on_bad_sample: Literal["fail", "skip"] = "fail"
+
+
+@dataclass(frozen=True, kw_only=True)
 class CustomConfig:
     """``custom`` section (SPEC §0, §1.3, §1.4, §2.1).
 
@@ -114,6 +131,10 @@ class CustomConfig:
       user_prompt: user text placed after the image (non-empty).
       system_prompt: optional system message (``None`` → no system turn).
       coord_soft_ce_w1: Stage-1 coord loss; also the source of Stage-2 softCE/W1 defaults (SPEC §6.3).
+      data: bad-sample policy (``on_bad_sample: fail | skip``).
+
+    Prompts may not contain special-token literals or ms-swift template tags (``text_literals``) nor lone
+    surrogates.
     """
 
     LEGACY_KEYS: ClassVar[Mapping[str, str]] = {
@@ -128,6 +149,7 @@ class CustomConfig:
     user_prompt: str = DEFAULT_USER_PROMPT
     system_prompt: Optional[str] = None
     coord_soft_ce_w1: CoordSoftCEW1Config = field(default_factory=CoordSoftCEW1Config)
+    data: DataConfig = field(default_factory=DataConfig)
 
     @property
     def variant(self) -> str:
@@ -140,3 +162,15 @@ class CustomConfig:
             raise ValueError(f"{path}.user_prompt: must be a non-empty string (omit it for the default prompt)")
         if self.system_prompt is not None and not self.system_prompt.strip():
             raise ValueError(f"{path}.system_prompt: must be non-empty when set (omit it for no system turn)")
+        for key in ("user_prompt", "system_prompt"):
+            text = getattr(self, key)
+            if text is None:
+                continue
+            lit = find_forbidden_literal(text)
+            if lit is not None:
+                raise ValueError(f"{path}.{key}: contains the special-token / template-tag literal {lit!r}, which "
+                                 f"the tokenizer or ms-swift's template would not keep as text; remove it")
+            at = find_lone_surrogate(text)
+            if at is not None:
+                raise ValueError(f"{path}.{key}: lone surrogate {text[at]!r} at character {at} (not encodable "
+                                 f"as UTF-8); fix the string")

@@ -308,17 +308,33 @@ def _construct_mapping_no_duplicates(loader: _StrictSafeLoader, node: yaml.Mappi
 _StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates)
 
 
+def describe_bad_utf8(raw: bytes, exc: UnicodeDecodeError) -> str:
+    """``"not valid UTF-8: byte 0xff at line L, column C"`` (1-based) for a failed ``raw.decode("utf-8")``."""
+    pos = exc.start
+    line = raw.count(b"\n", 0, pos) + 1
+    col = pos - (raw.rfind(b"\n", 0, pos) + 1) + 1
+    return (f"not valid UTF-8: byte 0x{raw[pos]:02x} at line {line}, column {col} ({exc.reason}); "
+            f"save the file as UTF-8")
+
+
 def load_yaml_file(path: str) -> dict[str, Any]:
     """Read a run YAML (safe loader, duplicate keys rejected) and return its top-level mapping.
 
-    Raises ``ValueError`` naming ``path`` (and line/column from PyYAML) on unreadable files, YAML syntax errors,
-    duplicate keys and a top level that is not a mapping.
+    Raises ``ValueError`` naming ``path`` (and line/column from PyYAML) on unreadable files, bytes that are not
+    UTF-8 (line and column of the first bad byte; a UTF-8 BOM is accepted), YAML syntax errors, duplicate keys and
+    a top level that is not a mapping.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.load(f, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise ValueError(f"{path}: cannot read config file ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: {describe_bad_utf8(raw, exc)}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -56,11 +56,16 @@ def closest_key(key: str, valid_keys: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+#: ``check_unknown_keys`` lists every valid key up to this many (ms-swift's ~500 keys get the closest ones only).
+LIST_ALL_KEYS_MAX = 40
+
+
 def check_unknown_keys(given_keys: Iterable[Any], valid_keys: Iterable[str], path_prefix: str = "") -> None:
     """Raise ``ValueError`` for the first (sorted) key of ``given_keys`` not in ``valid_keys``.
 
-    The message names the full dotted path (``path_prefix`` + key), the closest valid key if one is close enough,
-    and the sorted list of valid keys, e.g.
+    The message starts with the full dotted path (``path_prefix`` + key), then the closest valid key if one is
+    close enough, then the sorted valid keys when there are at most ``LIST_ALL_KEYS_MAX`` of them, else only the
+    (up to 5) closest ones, e.g.
     ``unknown key 'custom.coord_soft_ce_w1.sof_ce_weight' — did you mean 'soft_ce_weight'? valid keys: ...``.
     Non-string keys are reported as unknown too.
     """
@@ -74,7 +79,11 @@ def check_unknown_keys(given_keys: Iterable[Any], valid_keys: Iterable[str], pat
     guess = closest_key(str(key), valid)
     if guess is not None:
         msg += f" — did you mean {guess!r}?"
-    msg += f" valid keys: {', '.join(valid) if valid else '(none)'}"
+    if len(valid) <= LIST_ALL_KEYS_MAX:
+        msg += f" valid keys: {', '.join(valid) if valid else '(none)'}"
+    else:
+        near = difflib.get_close_matches(str(key), valid, n=5, cutoff=0.5)
+        msg += f" (closest valid keys: {', '.join(near)})" if near else " (no valid key is close)"
     if len(unknown) > 1:
         others = ", ".join(repr(dotted(path_prefix, str(k))) for k in unknown[1:])
         msg += f" (also unknown: {others})"
@@ -161,7 +170,10 @@ def _convert(value: Any, tp: Any, path: str, authored: set[str] | None) -> Any:
                 hint = (" (YAML reads exponent floats without a dot, e.g. 1e-3, as strings: write 1.0e-3 or "
                         "0.001)")
             raise ValueError(f"{path}: expected float, got {_describe(value)}{hint}")
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            raise ValueError(f"{path}: expected a finite float, got an integer with {len(str(value))} digits") from None
         if not math.isfinite(out):
             raise ValueError(f"{path}: expected a finite float, got {value!r}")
         return out

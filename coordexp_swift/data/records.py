@@ -19,6 +19,13 @@ Decisions fixed here:
 * ``x2 < x1`` / ``y2 < y1`` is checked in Stage-2 only (SPEC §1.5 table); equality is always allowed.
 * :func:`iter_jsonl` skips whitespace-only lines; ``sample_id`` is the 0-based *physical* line index
   (``line_number - 1``), so an error or a sample id always points at the right line of the file.
+* Text: each line must be UTF-8 (a BOM at the start of the file is accepted); a JSON object may not repeat a key
+  (``json`` would keep the last one silently); no string anywhere in a record may hold a lone surrogate (it
+  cannot be written as UTF-8 and breaks Arrow); a ``desc`` may not contain a special/added-token literal of the
+  tokenizer nor an ms-swift template tag (``config.text_literals``; coord literals have their own message).
+* ``width`` / ``height`` are ints in ``1..MAX_IMAGE_SIDE``.
+* :func:`load_records` (the one reader of training data: ``validate-config --data`` and the ms-swift loader) adds
+  the image-file check and the ``custom.data.on_bad_sample`` policy, and rejects a file without records.
 
 Every ``ValueError`` message starts with the caller's ``where`` (e.g. ``"/abs/train.jsonl:12"``, 1-based line).
 """
@@ -28,11 +35,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from coordexp_swift.config.strict import closest_key
+from coordexp_swift.config.text_literals import FORBIDDEN_LITERALS, find_forbidden_literal, find_lone_surrogate
 from coordexp_swift.coord.codec import COORD_TOKEN_RE, MAX_BIN, coord_token, parse_coord_token
 
 __all__ = [
@@ -41,8 +50,10 @@ __all__ = [
     "GTObject",
     "Record",
     "Stage",
+    "LoadedRecords",
     "check_stage2_encoding",
     "iter_jsonl",
+    "load_records",
     "object_sort_key",
     "validate_record",
 ]
@@ -63,6 +74,8 @@ GEOMETRY_ARITY: dict[str, str] = {
     "poly": "a flat list [x1, y1, x2, y2, ...] of even length >= 6",
 }
 REQUIRED_FIELDS: tuple[str, ...] = ("images", "width", "height", "objects")
+#: largest accepted ``width`` / ``height`` in pixels (a bigger value is a data error, not an image).
+MAX_IMAGE_SIDE: int = 1 << 20
 
 
 def _arity_ok(geometry: str, n: int) -> bool:
@@ -164,17 +177,27 @@ def _coerce_value(value: Any, *, prefix: str) -> int:
     return k
 
 
-def _validate_object(raw: Any, i: int, *, stage: str, where: str) -> GTObject:
+_ANY_COORD_LITERAL = re.compile(r"<\|coord_[0-9]+\|>")
+
+
+def _validate_object(raw: Any, i: int, *, stage: str, where: str,
+                     literals: frozenset[str] = FORBIDDEN_LITERALS) -> GTObject:
     at = f"{where}: objects[{i}]"
     if not isinstance(raw, Mapping):
         raise ValueError(f"{at}: an object must be a JSON object with 'desc' and one geometry, got {raw!r}")
     desc = raw.get("desc")
     if not isinstance(desc, str) or not desc.strip():
         raise ValueError(f"{at}.desc: desc must be a non-empty string, got {desc!r}")
-    if COORD_TOKEN_RE.search(desc):
+    if _ANY_COORD_LITERAL.search(desc):
         raise ValueError(
             f"{at}.desc: desc {desc!r} contains a coord-token literal; descs must be plain text (the tokenizer "
             f"would turn it into a coord token)"
+        )
+    lit = find_forbidden_literal(desc, literals)
+    if lit is not None:
+        raise ValueError(
+            f"{at}.desc: desc {desc!r} contains the special-token / template-tag literal {lit!r}; descs must be plain "
+            f"text (it would put that token inside the answer)"
         )
     others = [k for k in raw if k != "desc"]
     geo_keys = [k for k in others if k in GEOMETRY_KEYS]
@@ -219,12 +242,14 @@ def validate_record(
     where: str,
     base_dir: str,
     sample_id: int = 0,
+    literals: frozenset[str] = FORBIDDEN_LITERALS,
 ) -> Record:
     """Validate one raw JSONL record per SPEC §1.1/§1.5 and return a :class:`Record`.
 
     ``where`` prefixes every error (e.g. ``"/abs/train.jsonl:12"``); ``base_dir`` is the directory the ``images``
     path is relative to; ``sample_id`` is the record's line index (0-based). Raises ``ValueError`` on any
-    violation, naming ``objects[i]``, the key and the value.
+    violation, naming ``objects[i]``, the key and the value. ``literals``: text a desc may not contain (the
+    tokenizer's special/added tokens and ms-swift's template tags; default: Qwen3-VL's).
     """
     if stage not in STAGES:
         raise ValueError(f"{where}: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
@@ -252,9 +277,14 @@ def validate_record(
         )
     image = os.path.normpath(os.path.join(os.path.abspath(base_dir), images[0]))
 
+    surrogate = _find_surrogate_path(raw, "")
+    if surrogate is not None:
+        raise ValueError(f"{rec}: {surrogate} contains a lone surrogate (e.g. an unpaired \\ud800 escape), which "
+                         f"cannot be encoded as UTF-8; fix the string upstream")
     for name in ("width", "height"):
-        if not _is_positive_int(raw[name]):
-            raise ValueError(f"{rec}: field '{name}' must be an int > 0 (pixels), got {raw[name]!r}")
+        if not _is_positive_int(raw[name]) or raw[name] > MAX_IMAGE_SIDE:
+            shown = raw[name] if not isinstance(raw[name], int) or raw[name] < 10**12 else f"{str(raw[name])[:12]}…"
+            raise ValueError(f"{rec}: field '{name}' must be an int in 1..{MAX_IMAGE_SIDE} (pixels), got {shown!r}")
 
     objects_raw = raw["objects"]
     if not isinstance(objects_raw, list):
@@ -264,7 +294,8 @@ def validate_record(
             f"{where}: sample_id {sample_id}: no GT objects (Stage-2 needs >= 1 object per sample; "
             f"filter empty records upstream)"
         )
-    objects = tuple(_validate_object(o, i, stage=stage, where=where) for i, o in enumerate(objects_raw))
+    objects = tuple(_validate_object(o, i, stage=stage, where=where, literals=literals)
+                    for i, o in enumerate(objects_raw))
     metadata = raw.get("metadata")
     return Record(
         sample_id=sample_id,
@@ -276,25 +307,134 @@ def validate_record(
     )
 
 
-def iter_jsonl(path: str | os.PathLike[str], *, stage: Stage) -> Iterator[Record]:
-    """Yield validated records of a JSONL file (UTF-8), lazily.
+def _find_surrogate_path(value: Any, path: str) -> str | None:
+    """Dotted path of the first string (key or value) in ``value`` holding a lone surrogate, else ``None``."""
+    if isinstance(value, str):
+        return (path or "a value") if find_lone_surrogate(value) is not None else None
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and find_lone_surrogate(k) is not None:
+                return f"key {sub!r}"
+            hit = _find_surrogate_path(v, sub)
+            if hit is not None:
+                return hit
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            hit = _find_surrogate_path(v, f"{path}[{i}]")
+            if hit is not None:
+                return hit
+    return None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def decode_jsonl_line(raw: bytes, where: str) -> Any | None:
+    """One physical JSONL line (bytes) → its JSON value, ``None`` for a blank line; ``ValueError`` starting with
+    ``where`` for non-UTF-8 bytes, malformed JSON, duplicate keys, too-deep nesting and over-long integers."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not valid UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} "
+                         f"({exc.reason}); save the file as UTF-8") from None
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise ValueError(f"{where}: duplicate key {exc.key!r} in a JSON object (JSON readers would silently keep "
+                         f"the last value); remove one") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # int-string limit, nesting deeper than the parser's stack
+        raise ValueError(f"{where}: malformed JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def iter_jsonl(path: str | os.PathLike[str], *, stage: Stage,
+               literals: frozenset[str] = FORBIDDEN_LITERALS) -> Iterator[Record]:
+    """Yield validated records of a JSONL file (UTF-8, optional BOM), lazily.
 
     Whitespace-only lines are skipped; ``sample_id`` = 0-based physical line index; ``images`` are resolved
-    against the file's directory. Malformed JSON or an invalid record raises ``ValueError`` starting with
-    ``"<abs path>:<1-based line>"``.
+    against the file's directory. Bad bytes, malformed JSON, duplicate keys or an invalid record raise
+    ``ValueError`` starting with ``"<abs path>:<1-based line>"``. A missing file raises ``ValueError`` naming it.
     """
     abspath = os.path.abspath(os.fspath(path))
     base_dir = os.path.dirname(abspath)
-    with open(abspath, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    try:
+        fh = open(abspath, "rb")
+    except OSError as exc:
+        raise ValueError(f"{abspath}: cannot read the JSONL file ({exc.strerror or exc})") from None
+    with fh:
+        for line_no, raw_line in enumerate(fh, start=1):
+            if line_no == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                raw_line = raw_line[3:]
             where = f"{abspath}:{line_no}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            yield validate_record(raw, stage=stage, where=where, base_dir=base_dir, sample_id=line_no - 1)
+            raw = decode_jsonl_line(raw_line, where)
+            if raw is None:
+                continue
+            yield validate_record(raw, stage=stage, where=where, base_dir=base_dir, sample_id=line_no - 1,
+                                  literals=literals)
+
+
+@dataclass(frozen=True)
+class LoadedRecords:
+    """What :func:`load_records` read: the kept ``records``, ``locations[i]`` = ``"<abs path>:<line>"`` of
+    ``records[i]``, and the skipped samples (``skipped``: reason → count; ``skip_messages``: one line each)."""
+
+    path: str
+    records: tuple[Record, ...]
+    locations: tuple[str, ...]
+    skipped: Mapping[str, int]
+    skip_messages: tuple[str, ...]
+
+
+#: reasons :func:`load_records` can skip under ``on_bad_sample: skip`` (``over_length`` is counted at encode time).
+SKIP_REASONS: tuple[str, ...] = ("missing_image", "over_length")
+
+
+def load_records(path: str | os.PathLike[str], *, stage: Stage, literals: frozenset[str] = FORBIDDEN_LITERALS,
+                 on_bad_sample: str = "fail") -> LoadedRecords:
+    """All records of a training JSONL, checked as training needs them: :func:`iter_jsonl`, then the image file of
+    each record must exist (``missing_image``). ``on_bad_sample="fail"``: ``ValueError("<file>:<line>: record
+    <id>: image file not found: <path> ...")``; ``"skip"``: the record is left out and counted. A file with no
+    (kept) record raises ``ValueError("<file>: no records")``."""
+    if on_bad_sample not in ("fail", "skip"):
+        raise ValueError(f"custom.data.on_bad_sample: invalid value {on_bad_sample!r}; accepted values: 'fail', "
+                         f"'skip'")
+    abspath = os.path.abspath(os.fspath(path))
+    records: list[Record] = []
+    locations: list[str] = []
+    skipped: dict[str, int] = {}
+    messages: list[str] = []
+    for rec in iter_jsonl(abspath, stage=stage, literals=literals):
+        where = f"{abspath}:{rec.sample_id + 1}"
+        if not os.path.isfile(rec.image):
+            msg = f"{where}: record {rec.sample_id}: image file not found: {rec.image}"
+            if on_bad_sample == "fail":
+                raise ValueError(f"{msg} (fix the path, or set custom.data.on_bad_sample: skip to leave such "
+                                 f"samples out, counted)")
+            skipped["missing_image"] = skipped.get("missing_image", 0) + 1
+            messages.append(f"{msg} (skipped: missing_image)")
+            continue
+        records.append(rec)
+        locations.append(where)
+    if not records:
+        detail = f" ({sum(skipped.values())} skipped: {skipped})" if skipped else ""
+        raise ValueError(f"{abspath}: no records{detail}")
+    return LoadedRecords(abspath, tuple(records), tuple(locations), skipped, tuple(messages))
 
 
 def check_stage2_encoding(sample_id: int, n_objects: int, n_coord_tokens: int) -> None:

@@ -64,9 +64,10 @@ def test_data_check_names_file_and_line(tmp_path, shapes_dir):
     lines[1] = json.dumps(rec)
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(lines) + "\n")
+    (tmp_path / "images").symlink_to(shapes_dir / "images")  # validate-config --data checks image files exist
     cfg = yaml.safe_load((REPO / "configs/demo/stage1_shapes.yaml").read_text())
     cfg["dataset"] = [str(data)]
-    cfg["val_dataset"] = []
+    cfg.pop("val_dataset", None)  # `val_dataset: []` is rejected by ms-swift itself (nargs "+")
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError) as exc:
