@@ -2,7 +2,8 @@
 
 The preamble is what is under test; the model is a two-layer torch LM (embedding → linear) that records the keyword
 arguments it receives, so the test can see exactly what reaches a forward. The positions, the packed row and the
-real Qwen3-VL are covered by ``tests/integration/test_forwards.py`` (this file is not named test_forwards.py: pytest collects tests/ without packages, so basenames must be unique).
+real Qwen3-VL are covered by ``tests/integration/test_forwards.py`` (this file has another basename: pytest
+collects ``tests/`` without packages, so basenames must be unique).
 """
 from __future__ import annotations
 
