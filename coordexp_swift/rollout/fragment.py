@@ -1,9 +1,13 @@
-"""FN fragment text (SPEC §3.6 B3) and the string-aware closure scan used for ``tail_closure_pos`` (B4).
+"""FN fragment text (SPEC §3.6 B3) with the spans the B4 meta needs, computed while writing it (never re-scanned).
 
 ``Y_train = prefix ids + tokens(fragment) + <|im_end|>``, where the fragment is ``", "`` iff the prefix ends with
 ``}`` (ignoring whitespace), then the FN records in canonical form (configured field order, GT order) joined by
 ``", "``, then ``"]}"`` (no FN: just ``"]}"``). Records are rendered by :func:`coordexp_swift.data.coordjson.render_object`, the same
 function that renders the GT assistant text, so FN records are byte-identical to their Stage-1 rendering.
+
+The prefix the fragment continues is at depth ``{"objects": [`` (the parser cuts only after the opener or after a
+top-level record), so the fragment's final ``}`` is the document's outermost ``}`` (``tail_closure_pos``) and its
+``]`` the array close — by construction, checked against the one scanner in the tests.
 """
 from __future__ import annotations
 
@@ -12,38 +16,41 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from coordexp_swift.coord.codec import parse_coord_token
 from coordexp_swift.data.coordjson import render_object
+from coordexp_swift.data.coordjson_scan import JSON_WS
 from coordexp_swift.data.records import GTObject
 
-__all__ = ["ClosureOffsets", "FnFragment", "build_fn_fragment", "closure_char_offsets", "fn_fragment_text",
-           "gt_object_from_payload"]
+__all__ = ["FnFragment", "build_fn_fragment", "fn_fragment_text", "gt_object_from_payload"]
 
-_WS = " \t\n\r"
+
 Span = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class ClosureOffsets:
-    """Char offsets found by :func:`closure_char_offsets` (None when absent).
-
-    ``object_close``: the outermost ``}`` (brace depth returns to 0); ``array_close``: the ``]`` that closes the
-    outermost array (bracket depth returns to 0) before it.
-    """
-
-    array_close: int | None
-    object_close: int | None
 
 
 @dataclass(frozen=True)
 class FnFragment:
     """The fragment ``text``; per FN record (GT order) its ``record_char_spans`` and ``desc_char_spans`` (the desc
-    JSON string literal incl. quotes), and the closure offsets — all relative to ``text``."""
+    JSON string literal incl. quotes), all relative to ``text``. ``closure_char`` (the outermost ``}``) is the last
+    character and ``array_close_char`` (the ``]`` of the objects array) the one before it."""
 
     text: str
     record_char_spans: tuple[Span, ...]
     desc_char_spans: tuple[Span, ...]
-    closure: ClosureOffsets
+
+    @property
+    def closure_char(self) -> int:
+        return len(self.text) - 1
+
+    @property
+    def array_close_char(self) -> int:
+        return len(self.text) - 2
+
+    def desc_value_spans(self) -> np.ndarray:
+        """``[F, 2]`` int64 char spans of the FN desc values (inside the quotes), relative to ``text``."""
+        spans = np.asarray(self.desc_char_spans, dtype=np.int64).reshape(-1, 2)
+        return spans + np.asarray([1, -1], dtype=np.int64)
 
 
 def gt_object_from_payload(obj: GTObject | Mapping[str, Any]) -> GTObject:
@@ -61,38 +68,6 @@ def gt_object_from_payload(obj: GTObject | Mapping[str, Any]) -> GTObject:
     return GTObject(desc=desc, geometry="bbox_2d", bins=bins)
 
 
-def closure_char_offsets(text: str, *, brace_depth: int = 0, bracket_depth: int = 0) -> ClosureOffsets:
-    """String-aware depth scan of ``text`` (never "the last ``}``").
-
-    Scanning starts with the given depths (defaults: ``text`` is a whole assistant text; for a fragment that
-    continues ``{"objects": [...``, pass ``brace_depth=1, bracket_depth=1``). Braces and brackets inside JSON
-    strings (escape-aware) are ignored. Returns the offset of the first ``}`` that brings the brace depth from 1
-    to 0 and of the last ``]`` before it that brought the bracket depth from 1 to 0.
-    """
-    array_close: int | None = None
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-        elif c == "{":
-            brace_depth += 1
-        elif c == "[":
-            bracket_depth += 1
-        elif c == "]":
-            bracket_depth -= 1
-            if bracket_depth == 0:
-                array_close = i
-        elif c == "}":
-            brace_depth -= 1
-            if brace_depth == 0:
-                return ClosureOffsets(array_close, i)
-        i += 1
-    return ClosureOffsets(array_close, None)
-
-
 def build_fn_fragment(
     prefix_text: str, fn_objects: Sequence[GTObject | Mapping[str, Any]], field_order: str = "desc_first"
 ) -> FnFragment:
@@ -101,7 +76,7 @@ def build_fn_fragment(
     Raises RuntimeError if ``prefix_text`` does not end (ignoring whitespace) in ``[`` or ``}`` (the parser
     guarantees it), ValueError for a malformed GT object.
     """
-    tail = prefix_text.rstrip(_WS)
+    tail = prefix_text.rstrip(JSON_WS)
     if not tail.endswith(("[", "}")):
         raise RuntimeError(f"rollout prefix must end in '[' or '}}' (ignoring whitespace), got ...{tail[-20:]!r}")
     parts: list[str] = [", "] if tail.endswith("}") and len(fn_objects) else []
@@ -125,8 +100,7 @@ def build_fn_fragment(
         pos += len(rec)
     parts.append("]}")
     text = "".join(parts)
-    return FnFragment(text, tuple(spans), tuple(desc_spans),
-                      closure_char_offsets(text, brace_depth=1, bracket_depth=1))
+    return FnFragment(text, tuple(spans), tuple(desc_spans))
 
 
 def fn_fragment_text(

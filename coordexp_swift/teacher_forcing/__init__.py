@@ -21,7 +21,6 @@ from coordexp_swift.teacher_forcing.meta import (
     SegmentMeta,
     build_gt_meta,
     build_rollout_meta,
-    offsets_from_pieces,
 )
 from coordexp_swift.teacher_forcing.modules.base import ModuleOutput, PipelineModule, RunSettings
 from coordexp_swift.teacher_forcing.manifest import (
@@ -45,6 +44,6 @@ __all__ = [
     "PipelineEntry", "PipelineManifest", "PipelineModule", "PipelineResult", "PrefixRecord", "RunSettings",
     "SegmentMeta", "TeacherForcingBatch", "TeacherForcingContext", "ContextIndex", "debug_checks", "set_debug_checks",
     "build_gt_meta", "build_rollout_meta", "canonical_json", "ce_weights", "default_manifest", "describe_pipeline",
-    "module_registry", "offsets_from_pieces", "parse_pipeline", "partition_token_types", "resolve_pipeline",
+    "module_registry", "parse_pipeline", "partition_token_types", "resolve_pipeline",
     "scan_coordjson", "settings_from_config", "st", "stage1_manifest", "write_manifest",
 ]

@@ -1,6 +1,9 @@
-"""Rich per-segment meta (SPEC §3.6 B4) and the shared builders for GT-rendered and rollout (prefix + FN tail)
-teacher-forcing targets. No trainer parses text for losses: it calls :func:`build_gt_meta` /
-:func:`build_rollout_meta` with plain inputs and hands the result to ``TeacherForcingContext``.
+"""Rich per-segment meta (SPEC §3.6 B4) and its ONE builder, :func:`build_rollout_meta`, for rollout targets
+(prefix + FN tail) and GT targets alike (a GT target is the same thing with ``prefix_len = 0``). Its inputs are
+what the parser and the FN-fragment builder already know (offsets, desc-value spans, the closure token, matched
+records): it scans no text. :func:`build_gt_meta` is the front door for a GT target given only its ids: it
+renders them through the vocab view's piece table and runs the one scanner once. No trainer parses text for
+losses; ``rollout/targets.py`` builds whole targets.
 
 Positions are **segment-local input positions**: index into the segment's encoded ids (prompt included), so the
 token at position p is ``input_ids[seg_start + p]`` and its logits are read at ``seg_start + p − 1``. The assistant
@@ -16,24 +19,17 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from coordexp_swift.coord.codec import MAX_BIN, NUM_BINS
+from coordexp_swift.coord.codec import MAX_BIN
+from coordexp_swift.coord.vocab import VocabView
 from coordexp_swift.teacher_forcing.token_types import (
     COORD,
     DESC,
-    offsets_from_pieces,
     partition_token_types,
     scan_coordjson,
     tokens_overlapping,
 )
 
-__all__ = ["BBoxGroups", "PrefixRecord", "SegmentMeta", "build_gt_meta", "build_rollout_meta",
-           "offsets_from_pieces"]
-
-_EMPTY = torch.zeros(0, dtype=torch.long)
-
-
-def _long(x: object) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x, dtype=np.int64)).reshape(-1)
+__all__ = ["BBoxGroups", "PrefixRecord", "SegmentMeta", "build_gt_meta", "build_rollout_meta"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,122 +137,117 @@ class PrefixRecord:
     gt_bins: Optional[tuple[int, int, int, int]] = None
 
 
-def _check_offsets(n_tokens: int, offsets: np.ndarray, text: str) -> np.ndarray:
+def _check_offsets(n_tokens: int, offsets: np.ndarray) -> np.ndarray:
     offsets = np.asarray(offsets, dtype=np.int64)
-    if offsets.shape != (n_tokens + 1,) or offsets[0] != 0 or offsets[-1] != len(text) or np.any(np.diff(offsets) < 0):
-        raise ValueError(f"offsets must be {n_tokens + 1} non-decreasing char boundaries from 0 to len(text) = "
-                         f"{len(text)}; got shape {offsets.shape} ending at {offsets[-1] if offsets.size else None}")
+    if offsets.shape != (n_tokens + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+        raise ValueError(f"offsets must be {n_tokens + 1} non-decreasing char boundaries starting at 0; got shape "
+                         f"{offsets.shape}")
     return offsets
 
 
-def _closure_positions(ids: torch.Tensor, offsets: np.ndarray, closure_char: int, eos_id: int,
-                       lo_tok: int, what: str) -> torch.Tensor:
-    if closure_char < 0:
-        raise RuntimeError(f"{what}: the target never closes its top-level object (no outermost '}}' found by the "
-                           f"string-aware depth scan)")
-    tok = int(np.searchsorted(offsets[1:], closure_char, side="right"))
-    eos = torch.nonzero(ids[lo_tok:] == eos_id).reshape(-1) + lo_tok
-    if eos.numel() == 0:
-        raise RuntimeError(f"{what}: no <|im_end|> (id {eos_id}) in the target tail")
-    return torch.unique(torch.cat([torch.tensor([tok]), eos]))
+def _pos(x: np.ndarray, shift: int) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(x, dtype=np.int64).reshape(-1) + shift)
 
 
-def _group_tail(ids: torch.Tensor, types: torch.Tensor, lo_tok: int, gt_bins: Optional[Sequence[Sequence[int]]],
-                coord_ids: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    slots = torch.nonzero(types[lo_tok:] == COORD).reshape(-1) + lo_tok
-    if gt_bins is None:
-        return torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.long)
-    bins = _long(gt_bins).reshape(-1, 4) if len(gt_bins) else torch.zeros(0, 4, dtype=torch.long)
-    if slots.numel() != bins.numel():
-        raise ValueError(f"{what}: coord-token count {slots.numel()} in the target != 4 x {bins.shape[0]} "
-                         f"objects = {bins.numel()}")
-    lut = torch.full((int(coord_ids.max()) + 1,), -1, dtype=torch.long)
-    lut[coord_ids.long().cpu()] = torch.arange(NUM_BINS)
-    token_bins = lut[ids[slots]]
-    if not torch.equal(token_bins, bins.reshape(-1)):
-        raise RuntimeError(f"{what}: coord tokens of the tail encode bins {token_bins.tolist()} but the GT bins are "
-                           f"{bins.reshape(-1).tolist()} (tail must be rendered from the same GT, in order)")
-    return slots.reshape(-1, 4), bins
-
-
-def build_gt_meta(*, prompt_len: int, train_ids: Sequence[int] | torch.Tensor, offsets: np.ndarray, text: str,
-                  coord_ids: torch.Tensor, eos_id: int, gt_bins: Optional[Sequence[Sequence[int]]] = None,
-                  encoded_len: Optional[int] = None) -> SegmentMeta:
-    """Meta of a GT-rendered target (contexts ``gt`` / ``self_context``): ``Y_train`` = CoordJSON + ``<|im_end|>``.
-
-    Args:
-      prompt_len: prompt tokens before the assistant target in the encoded segment.
-      train_ids: ``[L]`` target ids; ``text``: their concatenated per-token decoded text; ``offsets``: ``[L+1]``
-        char boundaries (``offsets_from_pieces``).
-      coord_ids: ``[NUM_BINS]`` id of bin k; eos_id: ``<|im_end|>`` id.
-      gt_bins: ``[G][4]`` GT bins in object order (Stage-2: required; Stage-1 polygons: ``None`` = no box groups).
-      encoded_len: segment length (default ``prompt_len + L``).
-    """
-    ids = torch.as_tensor(train_ids, dtype=torch.long).reshape(-1)
-    offsets = _check_offsets(ids.numel(), offsets, text)
-    scan = scan_coordjson(text)
-    types = partition_token_types(ids, offsets, scan.desc_value_spans, coord_ids, eos_id)
-    closure = _closure_positions(ids, offsets, scan.closure_char, eos_id, 0, "build_gt_meta")
-    pos_fn, bins_fn = _group_tail(ids, types, 0, gt_bins, coord_ids, "build_gt_meta")
-    desc = torch.nonzero(types == DESC).reshape(-1)
-    return SegmentMeta(
-        prompt_len=prompt_len, prefix_len=0, train_len=ids.numel(),
-        encoded_len=prompt_len + ids.numel() if encoded_len is None else encoded_len,
-        prefix_struct_pos=_EMPTY, prefix_coord_pos=_EMPTY, prefix_matched_pos=_EMPTY,
-        tail_desc_pos=desc + prompt_len, tail_closure_pos=closure + prompt_len,
-        bbox_groups_prefix=BBoxGroups(), bbox_groups_fn=BBoxGroups(pos_fn + prompt_len, bins_fn),
-        n_drop_invalid=0, invalid_rollout=False, token_types=types,
-    )
-
-
-def build_rollout_meta(*, prompt_len: int, train_ids: Sequence[int] | torch.Tensor, offsets: np.ndarray, text: str,
-                       prefix_len: int, records: Sequence[PrefixRecord], fn_gt_bins: Sequence[Sequence[int]],
-                       coord_ids: torch.Tensor, eos_id: int, n_drop_invalid: int = 0, invalid_rollout: bool = False,
+def build_rollout_meta(*, prompt_len: int, train_ids: Sequence[int] | np.ndarray | torch.Tensor,
+                       offsets: np.ndarray, desc_value_spans: np.ndarray, closure_token: int, prefix_len: int,
+                       records: Sequence[PrefixRecord], fn_gt_bins: Optional[Sequence[Sequence[int]]],
+                       vocab: VocabView, n_drop_invalid: int = 0, invalid_rollout: bool = False,
                        encoded_len: Optional[int] = None) -> SegmentMeta:
-    """Meta of a rollout target ``Y_train`` = prefix ids + FN fragment tokens + ``<|im_end|>`` (context ``rollout``).
+    """Meta of ``Y_train`` = prefix (``prefix_len`` tokens) + tail (FN fragment, closure, ``<|im_end|>``).
 
     Args:
-      train_ids / offsets / text: as in :func:`build_gt_meta`, over the whole ``Y_train``.
-      prefix_len: number of prefix tokens (the tail starts at token ``prefix_len``).
-      records: the valid prefix records (matched ones carry ``gt_bins``; FP ones ``None``). Dropped records,
-        the opener and separators need no entry: every prefix token outside matched spans is ``fp``.
-      fn_gt_bins: ``[F][4]`` bins of the FN GT objects in tail order (must equal the tail's coord tokens).
-      n_drop_invalid / invalid_rollout: from the parser.
+      prompt_len: prompt tokens before ``Y_train`` in the encoded segment (positions are segment-local).
+      train_ids: ``[L]`` ids of ``Y_train``; offsets: ``[L+1]`` char boundaries of their per-token text.
+      desc_value_spans: ``[D, 2]`` desc values (inside the quotes) in that text — the parser's and the fragment
+        builder's, or the scanner's for a GT target.
+      closure_token: index into ``train_ids`` of the token holding the outermost ``}`` (in the tail).
+      records: the matched prefix records (``gt_bins`` set); records with ``gt_bins=None`` (FP) are ignored —
+        every prefix token outside matched spans is ``fp``.
+      fn_gt_bins: ``[F][4]`` bins of the tail's GT objects in tail order (checked against the tail's coord
+        tokens); ``None``: no box groups (Stage-1 polygons).
+      vocab: the run's vocab view (coord ids → bins, ``<|im_end|>``).
+      n_drop_invalid / invalid_rollout: from the parser. encoded_len: default ``prompt_len + L``.
+    Raises ValueError when the tail's coord-token count is not 4·F, RuntimeError when its bins differ from
+    ``fn_gt_bins``, a slot is not a coord token of the prefix, the closure is not in the tail, or a supervised
+    position leaves the assistant span.
     """
-    ids = torch.as_tensor(train_ids, dtype=torch.long).reshape(-1)
-    offsets = _check_offsets(ids.numel(), offsets, text)
-    if not 0 <= prefix_len <= ids.numel():
-        raise RuntimeError(f"build_rollout_meta: prefix_len {prefix_len} outside [0, {ids.numel()}]")
-    cut = int(offsets[prefix_len])
-    prefix_scan = scan_coordjson(text[:cut])
-    tail_scan = scan_coordjson(text[cut:], start_depth=prefix_scan.end_depth)
-    desc_spans = np.concatenate([prefix_scan.desc_value_spans, tail_scan.desc_value_spans + cut])
-    types = partition_token_types(ids, offsets, desc_spans, coord_ids, eos_id)
-    closure_char = tail_scan.closure_char + cut if tail_scan.closure_char >= 0 else -1
-    closure = _closure_positions(ids, offsets, closure_char, eos_id, prefix_len, "build_rollout_meta")
-    pos_fn, bins_fn = _group_tail(ids, types, prefix_len, fn_gt_bins, coord_ids, "build_rollout_meta")
+    ids = np.asarray(torch.as_tensor(train_ids).cpu(), dtype=np.int64).reshape(-1)
+    n = len(ids)
+    offsets = _check_offsets(n, offsets)
+    if not 0 <= prefix_len <= n:
+        raise RuntimeError(f"build_rollout_meta: prefix_len {prefix_len} outside [0, {n}]")
+    if not prefix_len <= closure_token < n:
+        raise RuntimeError(f"build_rollout_meta: the outermost '}}' (token {closure_token}) must lie in the tail "
+                           f"[{prefix_len}, {n})")
+    types = partition_token_types(ids, offsets, desc_value_spans, vocab.coord_ids, vocab.eos_id)
+    tnp = types.numpy()
+    eos = np.flatnonzero(ids[prefix_len:] == vocab.eos_id) + prefix_len
+    if not len(eos):
+        raise RuntimeError(f"build_rollout_meta: no <|im_end|> (id {vocab.eos_id}) in the target tail")
+    closure = np.unique(np.concatenate([[closure_token], eos]))
+
+    tail_slots = np.flatnonzero(tnp[prefix_len:] == COORD) + prefix_len
+    if fn_gt_bins is None:
+        pos_fn, bins_fn = np.zeros((0, 4), dtype=np.int64), np.zeros((0, 4), dtype=np.int64)
+    else:
+        bins_fn = np.asarray(fn_gt_bins, dtype=np.int64).reshape(-1, 4)
+        if len(tail_slots) != bins_fn.size:
+            raise ValueError(f"build_rollout_meta: coord-token count {len(tail_slots)} in the target tail != 4 x "
+                             f"{len(bins_fn)} objects = {bins_fn.size}")
+        got = vocab.bins(ids[tail_slots])
+        if not np.array_equal(got, bins_fn.reshape(-1)):
+            raise RuntimeError(f"build_rollout_meta: coord tokens of the tail encode bins {got.tolist()} but the GT "
+                               f"bins are {bins_fn.reshape(-1).tolist()} (tail must be rendered from the same GT, "
+                               "in order)")
+        pos_fn = tail_slots.reshape(-1, 4)
 
     matched = [r for r in records if r.gt_bins is not None]
-    prefix_offsets = offsets[: prefix_len + 1]
     spans = np.asarray([r.char_span for r in matched], dtype=np.int64).reshape(-1, 2)
-    matched_mask = torch.from_numpy(tokens_overlapping(prefix_offsets, spans))
-    prefix_types = types[:prefix_len]
+    matched_mask = tokens_overlapping(offsets[: prefix_len + 1], spans)
+    prefix_types = tnp[:prefix_len]
     struct_mask = matched_mask & (prefix_types != DESC) & (prefix_types != COORD)
-    slot_idx = _long([r.slot_token_idx for r in matched]).reshape(-1, 4)
-    if slot_idx.numel() and (int(slot_idx.max()) >= prefix_len or bool((prefix_types[slot_idx] != COORD).any())):
+    slot_idx = np.asarray([r.slot_token_idx for r in matched], dtype=np.int64).reshape(-1, 4)
+    if slot_idx.size and (slot_idx.max() >= prefix_len or slot_idx.min() < 0
+                          or bool((prefix_types[slot_idx] != COORD).any())):
         raise RuntimeError(f"build_rollout_meta: matched slot_token_idx {slot_idx.tolist()} must index coord tokens "
                            f"of the prefix (prefix_len {prefix_len})")
-    bins_prefix = _long([r.gt_bins for r in matched]).reshape(-1, 4)
+    bins_prefix = np.asarray([r.gt_bins for r in matched], dtype=np.int64).reshape(-1, 4)
     return SegmentMeta(
-        prompt_len=prompt_len, prefix_len=prefix_len, train_len=ids.numel(),
-        encoded_len=prompt_len + ids.numel() if encoded_len is None else encoded_len,
-        prefix_struct_pos=torch.nonzero(struct_mask).reshape(-1) + prompt_len,
-        prefix_coord_pos=slot_idx.reshape(-1) + prompt_len,
-        prefix_matched_pos=torch.nonzero(matched_mask).reshape(-1) + prompt_len,
-        tail_desc_pos=torch.nonzero(types[prefix_len:] == DESC).reshape(-1) + prefix_len + prompt_len,
-        tail_closure_pos=closure + prompt_len,
-        bbox_groups_prefix=BBoxGroups(slot_idx + prompt_len, bins_prefix),
-        bbox_groups_fn=BBoxGroups(pos_fn + prompt_len, bins_fn),
+        prompt_len=prompt_len, prefix_len=prefix_len, train_len=n,
+        encoded_len=prompt_len + n if encoded_len is None else encoded_len,
+        prefix_struct_pos=_pos(np.flatnonzero(struct_mask), prompt_len),
+        prefix_coord_pos=_pos(slot_idx, prompt_len),
+        prefix_matched_pos=_pos(np.flatnonzero(matched_mask), prompt_len),
+        tail_desc_pos=_pos(np.flatnonzero(tnp[prefix_len:] == DESC) + prefix_len, prompt_len),
+        tail_closure_pos=_pos(closure, prompt_len),
+        bbox_groups_prefix=BBoxGroups(_pos(slot_idx, prompt_len).reshape(-1, 4), torch.from_numpy(bins_prefix)),
+        bbox_groups_fn=BBoxGroups(_pos(pos_fn, prompt_len).reshape(-1, 4), torch.from_numpy(bins_fn)),
         n_drop_invalid=int(n_drop_invalid), invalid_rollout=bool(invalid_rollout), token_types=types,
     )
 
+
+def build_gt_meta(*, prompt_len: int, train_ids: Sequence[int] | np.ndarray | torch.Tensor, vocab: VocabView,
+                  gt_bins: Optional[Sequence[Sequence[int]]] = None, encoded_len: Optional[int] = None,
+                  text: Optional[str] = None, offsets: Optional[np.ndarray] = None) -> SegmentMeta:
+    """Meta of a GT target given only its ids (contexts ``gt`` / ``self_context``): ``Y_train`` = CoordJSON +
+    ``<|im_end|>``, ``prefix_len = 0``, GT groups in ``bbox_groups_fn``.
+
+    The per-token ``text`` / ``offsets`` default to ``vocab.pieces.render(train_ids)``; the one scanner finds the
+    desc values and the outermost ``}`` once, then :func:`build_rollout_meta` builds the meta. ``gt_bins``:
+    ``[G][4]`` in object order (Stage-2: required; Stage-1 polygons: ``None`` = no box groups).
+    """
+    ids = np.asarray(torch.as_tensor(train_ids).cpu(), dtype=np.int64).reshape(-1)
+    if text is None or offsets is None:
+        text, offsets = vocab.pieces.render(ids)
+    offsets = _check_offsets(len(ids), offsets)
+    if offsets[-1] != len(text):
+        raise ValueError(f"offsets end at {offsets[-1]} but the text has {len(text)} chars")
+    scan = scan_coordjson(text)
+    if scan.closure_char < 0:
+        raise RuntimeError("build_gt_meta: the target never closes its top-level object (no outermost '}' found by "
+                           "the string-aware depth scan)")
+    closure_token = int(np.searchsorted(offsets[1:], scan.closure_char, side="right"))
+    return build_rollout_meta(prompt_len=prompt_len, train_ids=ids, offsets=offsets,
+                              desc_value_spans=scan.desc_value_spans, closure_token=closure_token, prefix_len=0,
+                              records=(), fn_gt_bins=gt_bins, vocab=vocab, encoded_len=encoded_len)

@@ -4,13 +4,8 @@ from __future__ import annotations
 import pytest
 
 from coordexp_swift.data.records import GTObject
-from coordexp_swift.rollout.fragment import (
-    ClosureOffsets,
-    build_fn_fragment,
-    closure_char_offsets,
-    fn_fragment_text,
-    gt_object_from_payload,
-)
+from coordexp_swift.data.coordjson_scan import scan_coordjson
+from coordexp_swift.rollout.fragment import build_fn_fragment, fn_fragment_text, gt_object_from_payload
 
 CAT = {"desc": "cat", "bbox_2d": ["<|coord_1|>", "<|coord_2|>", "<|coord_3|>", "<|coord_4|>"]}
 DOG = GTObject("dög \"x\"", "bbox_2d", (10, 20, 30, 40))
@@ -53,8 +48,11 @@ def test_fragment_spans():
     assert [t[a:b] for a, b in frag.record_char_spans] == [
         '{"bbox_2d": [<|coord_1|>, <|coord_2|>, <|coord_3|>, <|coord_4|>], "desc": "cat"}', DOG_TXT_GF]
     assert [t[a:b] for a, b in frag.desc_char_spans] == ['"cat"', '"dög \\"x\\""']
-    # closure: the fragment continues '{"objects": [' -> depths 1/1; ']' and '}' are the last two chars here.
-    assert frag.closure == ClosureOffsets(len(t) - 2, len(t) - 1)
+    assert [t[a:b] for a, b in frag.desc_value_spans().tolist()] == ["cat", 'dög \\"x\\"']
+    # closure: the fragment continues '{"objects": [' -> ']' and '}' are its last two chars, and the one scanner
+    # finds the same outermost '}' in the whole document (issue 8 item 2: carried, not re-scanned).
+    assert (t[frag.array_close_char], t[frag.closure_char]) == ("]", "}")
+    assert scan_coordjson(prefix + t).closure_char == len(prefix) + frag.closure_char
 
 
 def test_payload_conversion():
@@ -65,12 +63,12 @@ def test_payload_conversion():
 
 
 def test_closure_is_outermost_not_last_brace():
-    # Braces/brackets inside strings (with escaped quotes) are ignored; a stray '}' after the closure is not it.
+    """seed 002 1.2: the one scanner's closure is string-aware (braces/brackets and escaped quotes inside strings
+    are ignored) and is the outermost `}`, not the last one."""
     text = '{"objects": [{"desc": "a}] \\"}{", "bbox_2d": [<|coord_1|>]}]} }'
     want_obj = text.index("]} }") + 1
-    assert closure_char_offsets(text) == ClosureOffsets(want_obj - 1, want_obj)
-    assert text.rindex("}") != want_obj
+    assert scan_coordjson(text).closure_char == want_obj and text.rindex("}") != want_obj
     # Unclosed text: no closure.
-    assert closure_char_offsets('{"objects": [{"desc": "}"}') == ClosureOffsets(None, None)
-    # Fragment mode: start inside the container.
-    assert closure_char_offsets(', {"desc": "]}"}]}', brace_depth=1, bracket_depth=1) == ClosureOffsets(16, 17)
+    assert scan_coordjson('{"objects": [{"desc": "}"}').closure_char == -1
+    # Tail mode: start inside the container (depth 2 = '{' + '[').
+    assert scan_coordjson(', {"desc": "]}"}]}', start_depth=2).closure_char == 17

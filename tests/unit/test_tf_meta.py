@@ -5,18 +5,27 @@ import numpy as np
 import pytest
 import torch
 
+from coordexp_swift.coord.vocab import PieceTable, VocabView
 from coordexp_swift.teacher_forcing import (
     CEWeightTable,
     SegmentMeta,
     TeacherForcingContext,
     build_gt_meta,
     build_rollout_meta,
-    offsets_from_pieces,
     scan_coordjson,
 )
 from coordexp_swift.teacher_forcing.meta import BBoxGroups
 from coordexp_swift.teacher_forcing.token_types import TYPE_NAMES, token_range
 from test_tf_support import COORD_BASE, COORD_IDS, EOS_ID, VOCAB, make_rollout, reference_types, render, tokenize
+
+#: The fake vocabulary's coord ids and <|im_end|> (its ids collide, so texts and offsets are passed explicitly).
+VIEW = VocabView.from_parts(coord_ids=COORD_IDS, pieces=[""] * VOCAB, eos_id=EOS_ID, encode=lambda s: [])
+
+
+def offsets_from_pieces(pieces):
+    """Boundaries of per-token pieces, by the one offsets builder (a piece table of the pieces themselves)."""
+    return PieceTable(pieces).render(np.arange(len(pieces)))[1]
+
 
 OBJS = [('a "red" {cat}', (10, 20, 30, 40)), ("dog, big", (0, 5, 999, 998)), ("é ü", (7, 7, 7, 7))]
 PROMPT = 5
@@ -26,15 +35,18 @@ def gt_meta(objs=OBJS, seed=0, extra=1, geometry_first=False):
     r = render(objs, geometry_first=geometry_first)
     ids, pieces = tokenize(r.text, seed)
     meta = build_gt_meta(prompt_len=PROMPT, train_ids=ids, offsets=offsets_from_pieces(pieces), text=r.text,
-                         coord_ids=COORD_IDS, eos_id=EOS_ID, gt_bins=[b for _, b in objs],
-                         encoded_len=PROMPT + len(ids) + extra)
+                         vocab=VIEW, gt_bins=[b for _, b in objs], encoded_len=PROMPT + len(ids) + extra)
     return r, ids, pieces, meta
 
 
-def rollout_meta(case, prompt=PROMPT, n_drop=0):
-    return build_rollout_meta(prompt_len=prompt, train_ids=case.ids, offsets=offsets_from_pieces(case.pieces),
-                              text=case.text, prefix_len=case.prefix_len, records=case.records,
-                              fn_gt_bins=case.fn_bins, coord_ids=COORD_IDS, eos_id=EOS_ID, n_drop_invalid=n_drop)
+def rollout_meta(case, prompt=PROMPT, n_drop=0, invalid=False):
+    """The meta builder fed with the reference renderer's own desc ranges and closure (it scans nothing)."""
+    offs = offsets_from_pieces(case.pieces)
+    return build_rollout_meta(prompt_len=prompt, train_ids=case.ids, offsets=offs,
+                              desc_value_spans=np.asarray(case.desc_ranges),
+                              closure_token=int(np.searchsorted(offs[1:], case.closure_char, side="right")),
+                              prefix_len=case.prefix_len, records=case.records, fn_gt_bins=case.fn_bins, vocab=VIEW,
+                              n_drop_invalid=n_drop, invalid_rollout=invalid)
 
 
 def segment_ids(ids, extra=1):
@@ -78,7 +90,7 @@ def test_straddling_token_is_desc():
     pieces += rest
     ids = [7, 8, 9] + rest_ids
     meta = build_gt_meta(prompt_len=1, train_ids=ids, offsets=offsets_from_pieces(pieces), text=text,
-                         coord_ids=COORD_IDS, eos_id=EOS_ID, gt_bins=[(1, 2, 3, 4)])
+                         vocab=VIEW, gt_bins=[(1, 2, 3, 4)])
     assert [TYPE_NAMES[int(t)] for t in meta.token_types[:3]] == ["struct", "desc", "desc"]
 
 
@@ -111,8 +123,7 @@ def test_gt_meta_rejects_mismatched_counts_and_bins():
     """seed 002 4.5: coord-token count != 4·#objects (ValueError with both counts); wrong bins (RuntimeError)."""
     r = render(OBJS)
     ids, pieces = tokenize(r.text)
-    kw = dict(prompt_len=PROMPT, train_ids=ids, offsets=offsets_from_pieces(pieces), text=r.text, coord_ids=COORD_IDS,
-              eos_id=EOS_ID)
+    kw = dict(prompt_len=PROMPT, train_ids=ids, offsets=offsets_from_pieces(pieces), text=r.text, vocab=VIEW)
     with pytest.raises(ValueError, match="coord-token count 12 .* 8"):
         build_gt_meta(gt_bins=[b for _, b in OBJS[:2]], **kw)
     with pytest.raises(RuntimeError, match="GT bins"):
@@ -183,9 +194,7 @@ def test_invalid_rollout_fallback_meta():
     """seed 001 1.5.3 / 002 4.5: prefix = empty opener, zero predictions, every GT in the FN tail, still trained."""
     case = make_rollout([], ROLL_FN)
     assert case.text.startswith('{"objects": [{"desc"')
-    meta = build_rollout_meta(prompt_len=PROMPT, train_ids=case.ids, offsets=offsets_from_pieces(case.pieces),
-                              text=case.text, prefix_len=case.prefix_len, records=[], fn_gt_bins=case.fn_bins,
-                              coord_ids=COORD_IDS, eos_id=EOS_ID, invalid_rollout=True)
+    meta = rollout_meta(case, invalid=True)
     assert meta.invalid_rollout and len(meta.bbox_groups_prefix) == 0 and len(meta.bbox_groups_fn) == 2
     ctx = ctx_for([(meta, case.ids)], contexts=("rollout",), channel="B")
     w, _ = ctx.ce_weights("rollout")
