@@ -5,6 +5,8 @@
 2. Point ms-swift's ``causal_lm`` trainer at the class of ``custom.trainer_variant`` (a registry, not an if-chain).
 3. Register the strict JSONL loader for every ``dataset`` / ``val_dataset`` path, and the ``qwen3_vl_compact``
    template of the compact tiny model.
+4. DeepSpeed on CPU (``deepspeed`` + ``use_cpu: true`` under torchrun): initialise ``deepspeed.comm`` (gloo) now,
+   see :func:`prepare_cpu_deepspeed`.
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ import sys
 from typing import Sequence
 
 from coordexp_swift.compact_template import register_compact_template
-from coordexp_swift.config.loader import load_yaml_file
-from coordexp_swift.run_context import RunContext, build_run_context, current, parse_flag_argv, set_current
+from coordexp_swift.run_context import RunContext, current, set_current, validate_run
 
 logger = logging.getLogger("coordexp_swift")
 
@@ -49,15 +50,59 @@ def check_packing(ctx: RunContext) -> None:
                          "use static packing (streaming: false)")
 
 
+def _flag_true(args, key: str) -> bool:
+    """ms-swift bool flag: ``--key`` alone (parsed as ``None``) or ``--key true|1|yes``."""
+    if key not in args:
+        return False
+    val = args[key]
+    val = val[-1] if isinstance(val, list) and val else val
+    return val is None or str(val).strip().lower() in ("true", "1", "yes", "y", "t", "on")
+
+
+def prepare_cpu_deepspeed(ctx: RunContext) -> bool:
+    """DeepSpeed with ``use_cpu: true``: make it run (ZeRO-2 and ZeRO-3) on gloo processes. Returns whether it acted.
+
+    - Precision: ms-swift resolves ``fp16`` to true for float32 weights on any device and DeepSpeed's ``auto`` then
+      enables fp16, which its CPU accelerator refuses. The argv hook appends ``fp16 false`` when ``fp16`` is not
+      given; an explicit true (or a run without the hook) fails here naming the fix.
+    - World size: on the CPU path transformers builds accelerate's state with ``cpu=True``, which initialises the
+      torch process group but never ``deepspeed.comm`` (only the GPU path calls ``deepspeed.init_distributed``).
+      ZeRO-3's ``zero.Init`` at model load then builds its ``DeepSpeedConfig`` before initialising
+      ``deepspeed.comm`` itself, reads world size 1 and fails the batch-size check ("4 != 2 * 1 * 1"). Initialising
+      ``deepspeed.comm`` here (the plugin runs inside the arguments' ``__post_init__``, before the model loads and
+      before accelerate) gives it the real world size; accelerate then finds the process group initialised and
+      reuses it.
+    """
+    args = ctx.swift_args
+    ds = args.get("deepspeed")
+    ds = ds[-1] if isinstance(ds, list) and ds else ds
+    if not ds or str(ds).strip().lower() in ("none", "null") or not _flag_true(args, "use_cpu"):
+        return False
+    if "fp16" not in args or _flag_true(args, "fp16"):
+        given = "fp16 is not set (ms-swift then resolves it to true for float32 weights)" if "fp16" not in args \
+            else "fp16: true"
+        raise ValueError(f"deepspeed with use_cpu: true and {given}: DeepSpeed's CPU accelerator has no fp16 "
+                         "(\"Type fp16 is not supported on your device\"); set `fp16: false` (and `bf16: false` "
+                         "for float32 training). The coordexp argv hook adds `--fp16 false` itself when the "
+                         "package's coordexp_swift_argv.pth is active.")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import deepspeed
+        import deepspeed.comm as ds_comm
+
+        if not ds_comm.is_initialized():
+            from datetime import timedelta
+
+            backend = args.get("ddp_backend") or "gloo"
+            timeout = timedelta(seconds=int(args.get("ddp_timeout") or 18000000))  # ms-swift's default
+            deepspeed.init_distributed(dist_backend=str(backend), auto_mpi_discovery=False, timeout=timeout)
+    return True
+
+
 def _register_datasets(ctx: RunContext) -> None:
-    from swift.dataset import DatasetMeta, register_dataset
+    """Every entry must be a local JSONL (``file.jsonl#N`` ok): see ``data.swift_loader.register_datasets``."""
+    from coordexp_swift.data.swift_loader import register_datasets
 
-    from coordexp_swift.data.swift_loader import CoordExpDatasetLoader
-
-    for path in ctx.dataset_paths():
-        if not os.path.isfile(path):
-            continue  # hub ids / directories are ms-swift's business
-        register_dataset(DatasetMeta(dataset_path=path, loader=CoordExpDatasetLoader), exist_ok=True)
+    register_datasets(ctx)
 
 
 def register(argv: Sequence[str] | None = None) -> RunContext:
@@ -66,11 +111,12 @@ def register(argv: Sequence[str] | None = None) -> RunContext:
     if _REGISTERED:
         return current()
     config_path = os.environ.get("SWIFT_CONFIG_FILE")
-    if config_path and os.path.isfile(config_path):
-        load_yaml_file(config_path)  # duplicate keys / syntax, which ms-swift's own YAML read lets through
-    flags = parse_flag_argv(sys.argv[1:] if argv is None else argv)
-    ctx = build_run_context(flags, config_path=config_path)
-    check_packing(ctx)
+    if not (config_path and os.path.isfile(config_path)):
+        config_path = None
+    # the one validation path, shared with `coordexp-swift validate-config` (re-reads the YAML strictly; also
+    # checks packing + streaming)
+    ctx = validate_run(sys.argv[1:] if argv is None else list(argv), config_path=config_path)
+    prepare_cpu_deepspeed(ctx)
     set_current(ctx)
     from swift.trainers import TrainerFactory
 

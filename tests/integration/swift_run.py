@@ -31,13 +31,28 @@ def tiny_stage1_config(model_dir: Path, shapes_dir: Path, output_dir: Path, **ov
 
 
 def run_swift_sft(cfg: dict, workdir: Path, *, extra_env: dict | None = None, timeout: int = 600,
-                  extra_args: list[str] | None = None) -> subprocess.CompletedProcess:
+                  extra_args: list[str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``swift sft <workdir>/run.yaml [extra_args]`` run from ``cwd`` (default: the repository root)."""
     path = workdir / "run.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2",
-           **(extra_env or {})}
-    return subprocess.run([SWIFT, "sft", str(path), *(extra_args or [])], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([SWIFT, "sft", str(path), *(extra_args or [])], cwd=cwd or REPO, env=swift_env(extra_env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def swift_env(extra_env: dict | None = None) -> dict:
+    """The environment the helpers run ``swift`` with (offline, 2 threads), plus ``extra_env``."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2",
+            **(extra_env or {})}
+
+
+def first_logged_step(output_dir: Path) -> dict:
+    """The first ``logging.jsonl`` record of a training step (the one carrying ``grad_norm``)."""
+    return next(r for r in read_logging_jsonl(output_dir) if "grad_norm" in r)
+
+
+def step_records(output_dir: Path) -> list[dict]:
+    """Every per-step record of ``logging.jsonl`` (those carrying ``loss`` and ``grad_norm``), in order."""
+    return [r for r in read_logging_jsonl(output_dir) if "grad_norm" in r and "loss" in r]
 
 
 def read_logging_jsonl(output_dir: Path) -> list[dict]:
