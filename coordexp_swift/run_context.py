@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -346,10 +347,14 @@ def build_run_context(top_level: Mapping[str, Any], *, config_path: str | None =
 
 
 def write_resolved_config(ctx: RunContext, output_dir: str) -> str:
-    """Write ``<output_dir>/coordexp_config.json`` (resolved coordexp sections + run context); return its path."""
+    """Write ``<output_dir>/coordexp_config.json`` (resolved coordexp sections + run context + ``data_skipped``:
+    reason → count of samples left out so far under ``custom.data.on_bad_sample: skip``); return its path."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "coordexp_config.json")
-    payload = {"config_path": ctx.config_path, "variant": ctx.config.variant, **ctx.config.to_dict()}
+    loader = sys.modules.get("coordexp_swift.data.swift_loader")
+    skipped = dict(getattr(loader, "SKIP_COUNTS", {}) or {})
+    payload = {"config_path": ctx.config_path, "variant": ctx.config.variant, **ctx.config.to_dict(),
+               "data_skipped": skipped}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
         f.write("\n")

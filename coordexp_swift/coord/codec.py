@@ -18,10 +18,12 @@ import torch
 
 NUM_BINS: int = 1000
 MAX_BIN: int = NUM_BINS - 1
-COORD_TOKEN_RE: re.Pattern[str] = re.compile(r"<\|coord_(\d{1,4})\|>")
+#: ASCII digits only (``\d`` would also match e.g. Arabic-Indic digits, which no tokenizer maps to a coord token).
+COORD_TOKEN_RE: re.Pattern[str] = re.compile(r"<\|coord_([0-9]{1,4})\|>")
 
 _RANGE_HINT = f"norm1000 range 0..{MAX_BIN}"
 _ALL_TOKENS: tuple[str, ...] = tuple(f"<|coord_{k}|>" for k in range(NUM_BINS))
+_TOKEN_SET: frozenset[str] = frozenset(_ALL_TOKENS)
 
 Number = int | float
 
@@ -79,8 +81,15 @@ def all_coord_tokens() -> list[str]:
     return list(_ALL_TOKENS)
 
 
+def is_canonical_coord_token(s: object) -> bool:
+    """Whether ``s`` is exactly one of the 1000 tokenizer literals ``<|coord_k|>`` (canonical decimal, no leading
+    zeros): ``<|coord_01|>`` parses as bin 1 but is not a token the tokenizer produces."""
+    return isinstance(s, str) and s in _TOKEN_SET
+
+
 def parse_coord_token(s: str) -> int:
-    """Bin of a whole coord literal. Accepts ``<|coord_(\\d{1,4})|>`` (so ``<|coord_007|>`` -> 7), then range-checks.
+    """Bin of a whole coord literal. Accepts ``<|coord_([0-9]{1,4})|>`` (ASCII digits; ``<|coord_007|>`` -> 7),
+    then range-checks.
 
     Raises ValueError mentioning "norm1000 range 0..999" for anything else (wrong shape, 5+ digits, >= 1000).
     """
@@ -144,5 +153,5 @@ def project_to_grid(k: int | torch.Tensor, resolution: int | torch.Tensor) -> in
 
 __all__ = [
     "NUM_BINS", "MAX_BIN", "COORD_TOKEN_RE", "encode", "decode", "coord_token", "all_coord_tokens",
-    "parse_coord_token", "bin_to_pixel", "pixel_to_bin", "project_to_grid",
+    "parse_coord_token", "is_canonical_coord_token", "bin_to_pixel", "pixel_to_bin", "project_to_grid",
 ]

@@ -19,6 +19,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from coordexp_swift.config.text_literals import find_forbidden_literal, find_lone_surrogate
+from coordexp_swift.coord.codec import COORD_TOKEN_RE
 from coordexp_swift.data.records import GTObject, Record
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "field_slots",
     "FieldOrder",
     "assistant_payload",
+    "check_desc_text",
     "render_object",
     "render_objects",
     "render_record",
@@ -58,8 +61,24 @@ def _ordered_fields(obj: GTObject, field_order: str, desc_value: Any, geometry_v
     return [slots[name] for name in field_slots(field_order)]
 
 
+def check_desc_text(desc: str) -> None:
+    """``ValueError`` if ``desc`` holds a coord literal, a special-token literal / ms-swift template tag
+    (``config.text_literals.FORBIDDEN_LITERALS``) or a lone surrogate: rendered into the answer, the tokenizer
+    would read it as a token (or fail to encode it)."""
+    lit = find_forbidden_literal(desc)
+    if lit is None and COORD_TOKEN_RE.search(desc):
+        lit = COORD_TOKEN_RE.search(desc).group(0)
+    if lit is not None:
+        raise ValueError(f"desc {desc!r} contains the token literal {lit!r}; it cannot be rendered as text")
+    if find_lone_surrogate(desc) is not None:
+        raise ValueError(f"desc {desc!r} contains a lone surrogate; it cannot be encoded as UTF-8")
+
+
 def render_object(obj: GTObject, field_order: FieldOrder = "desc_first") -> str:
-    """One object's canonical text, e.g. ``{"desc": "red circle", "bbox_2d": [<|coord_1|>, ...]}``."""
+    """One object's canonical text, e.g. ``{"desc": "red circle", "bbox_2d": [<|coord_1|>, ...]}``.
+
+    Raises ``ValueError`` for a desc that :func:`check_desc_text` rejects."""
+    check_desc_text(obj.desc)
     pairs = _ordered_fields(
         obj, field_order, json.dumps(obj.desc, ensure_ascii=False), "[" + ", ".join(obj.tokens()) + "]"
     )

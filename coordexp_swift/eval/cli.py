@@ -147,14 +147,15 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | Path, source: str | 
     paths = {name: out / name for name in OUTPUT_FILES}
     summary = {"metrics": result["metrics"], "counters": result["counters"], "iou_thrs": result["iou_thrs"],
                "malformed": result["malformed"], "source": source}
-    paths["metrics.json"].write_text(json.dumps(summary, indent=2) + "\n")
-    with paths["per_class.csv"].open("w", newline="") as fh:
+    paths["metrics.json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    # descs are arbitrary text (lone surrogates included): never let the file encoding raise
+    with paths["per_class.csv"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(PER_CLASS_COLUMNS))
         writer.writeheader()
         writer.writerows({k: row[k] for k in PER_CLASS_COLUMNS} for row in result["per_class"])
-    paths["per_image.json"].write_text(json.dumps(result["per_image"], indent=1) + "\n")
-    paths["coco_gt.json"].write_text(json.dumps(result["coco_gt"]) + "\n")
-    paths["coco_preds.json"].write_text(json.dumps(result["coco_preds"]) + "\n")
+    paths["per_image.json"].write_text(json.dumps(result["per_image"], indent=1) + "\n", encoding="utf-8")
+    paths["coco_gt.json"].write_text(json.dumps(result["coco_gt"]) + "\n", encoding="utf-8")
+    paths["coco_preds.json"].write_text(json.dumps(result["coco_preds"]) + "\n", encoding="utf-8")
     return paths
 
 
@@ -203,6 +204,9 @@ def _mode_pred_jsonl(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"coordexp-swift eval: {exc}", file=sys.stderr)
         return 2
+    if read.n_lines == 0:
+        print(f"coordexp-swift eval: warning: {read.path} has no records (empty file); every metric is 0.0",
+              file=sys.stderr)
     paths = write_outputs(result, args.out_dir, source=read.path)
     overlay = write_overlays(read.records, args.image_root or Path(args.pred_jsonl).parent, args.out_dir,
                              args.overlays)

@@ -14,8 +14,8 @@ and that field is a 4-value ``bbox_2d`` (else ``invalid_geometry``); every value
 (else ``degenerate``); ``desc`` is a string that is non-empty after normalisation (else ``invalid_desc``); a pred's
 ``score`` is absent/None (→ 1.0) or a finite number (else ``invalid_score``). Preds whose normalised desc is not a
 GT category are dropped as ``unknown_dropped``. Records without ``width``/``height`` (or with non-positive /
-non-integral ones) are dropped as ``missing_size``; other unusable records (not an object, unknown ``coord_mode``,
-``gt``/``pred`` not lists, …) as ``malformed_records``; both are NAMED in ``result["malformed"]``. ``empty_pred``
+non-integral ones, or ones above ``MAX_IMAGE_SIDE``) are dropped as ``missing_size``; other unusable records (not an
+object, unknown ``coord_mode``, ``gt``/``pred`` not lists, …) as ``malformed_records``; both are NAMED in ``result["malformed"]``. ``empty_pred``
 counts evaluated records whose ``pred`` list is empty. Nothing here raises on bad data.
 
 Categories: normalised GT desc (lowercase, trimmed, ``_`` and ``/`` → space, whitespace collapsed), ids 1, 2, …
@@ -74,7 +74,13 @@ class DroppedObject(ValueError):
 
 
 def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A JSON number that is finite as a float (a 400-digit integer is not: it overflows)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _norm1000_to_pixels(values: Sequence[Any], width: int, height: int) -> XYXY:
@@ -88,7 +94,7 @@ def _norm1000_to_pixels(values: Sequence[Any], width: int, height: int) -> XYXY:
         else:
             k = None
         if k is None or not 0 <= k <= MAX_BIN:
-            raise DroppedObject("invalid_coord", f"value {v!r} is not a bin in the norm1000 range 0..{MAX_BIN}")
+            raise DroppedObject("invalid_coord", f"value {_short(v)} is not a bin in the norm1000 range 0..{MAX_BIN}")
         bins.append(k)
     x1, y1, x2, y2 = bins
     return (float(bin_to_pixel(x1, width)), float(bin_to_pixel(y1, height)),
@@ -98,8 +104,10 @@ def _norm1000_to_pixels(values: Sequence[Any], width: int, height: int) -> XYXY:
 def _pixel_values(values: Sequence[Any], width: int, height: int) -> XYXY:
     for v in values:
         if not _is_real(v):
-            raise DroppedObject("invalid_coord", f"value {v!r} is not a finite pixel number")
+            raise DroppedObject("invalid_coord", f"value {_short(v)} is not a finite pixel number")
     x1, y1, x2, y2 = (float(v) for v in values)
+    if not math.isfinite((x2 - x1) * (y2 - y1)):
+        raise DroppedObject("invalid_coord", f"pixel box {values!r} has a non-finite area")
     return (x1, y1, x2, y2)
 
 
@@ -119,12 +127,12 @@ def object_xyxy(obj: Any, coord_mode: str, width: int, height: int) -> XYXY:
         raise DroppedObject("invalid_geometry", f"geometry fields {geoms}; evaluation needs exactly one bbox_2d")
     vals = obj["bbox_2d"]
     if not isinstance(vals, (list, tuple)) or len(vals) != 4:
-        raise DroppedObject("invalid_geometry", f"bbox_2d {vals!r} is not a list of 4 values")
+        raise DroppedObject("invalid_geometry", f"bbox_2d {_short(vals)} is not a list of 4 values")
     x1, y1, x2, y2 = COORD_MODES[coord_mode](vals, width, height)
     if x2 < x1 or y2 < y1:
-        raise DroppedObject("invalid_geometry", f"invalid bbox ordering {vals!r}")
+        raise DroppedObject("invalid_geometry", f"invalid bbox ordering {_short(vals)}")
     if x2 == x1 or y2 == y1:
-        raise DroppedObject("degenerate", f"zero-area pixel box {(x1, y1, x2, y2)} from {vals!r}")
+        raise DroppedObject("degenerate", f"zero-area pixel box {(x1, y1, x2, y2)} from {_short(vals)}")
     return (x1, y1, x2, y2)
 
 
@@ -132,7 +140,7 @@ def _object_desc(obj: Mapping[str, Any]) -> str:
     desc = obj.get("desc")
     norm = normalize_desc(desc) if isinstance(desc, str) else ""
     if not norm:
-        raise DroppedObject("invalid_desc", f"desc {desc!r} is not a non-empty string")
+        raise DroppedObject("invalid_desc", f"desc {_short(desc)} is not a non-empty string")
     return norm
 
 
@@ -141,18 +149,23 @@ def _object_score(obj: Mapping[str, Any]) -> float:
     if score is None:
         return 1.0
     if not _is_real(score):
-        raise DroppedObject("invalid_score", f"score {score!r} is not a finite number")
+        raise DroppedObject("invalid_score", f"score {_short(score)} is not a finite number")
     return float(score)
 
 
+#: largest accepted ``width`` / ``height`` in pixels (as for training records).
+MAX_IMAGE_SIDE = 1 << 20
+
+
 def _size(v: Any) -> int | None:
-    if _is_real(v) and float(v).is_integer() and v > 0:
+    if _is_real(v) and float(v).is_integer() and 0 < v <= MAX_IMAGE_SIDE:
         return int(v)
     return None
 
 
 def record_size(rec: Mapping[str, Any]) -> tuple[int, int] | None:
-    """``(width, height)`` of a record if both are integral numbers > 0, else None (→ ``missing_size``)."""
+    """``(width, height)`` of a record if both are integral numbers in ``1..MAX_IMAGE_SIDE``, else None
+    (→ ``missing_size``)."""
     w, h = _size(rec.get("width")), _size(rec.get("height"))
     return None if w is None or h is None else (w, h)
 
@@ -173,18 +186,27 @@ class _Record:
     raw_pred: int = 0
 
 
+def _short(v: Any, limit: int = 60) -> str:
+    """``repr`` of a value cut to ``limit`` characters (huge numbers / strings stay readable in reports)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10**limit:
+        return f"<int with {len(str(abs(v)))} digits>"
+    text = repr(v) if not isinstance(v, (dict, list)) or len(v) < 50 else f"<{type(v).__name__} of {len(v)}>"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _parse_record(index: int, location: str, rec: Any) -> _Record | MalformedRecord:
     """Validate the record fields and convert its objects (no category lookup yet)."""
     if not isinstance(rec, Mapping):
         return MalformedRecord(location, f"record is {type(rec).__name__}, expected a JSON object")
     size = record_size(rec)
     if size is None:
-        return MalformedRecord(location, f"missing_size: width={rec.get('width')!r} height={rec.get('height')!r} "
-                                         "(need integers > 0 in pixels)", counter="missing_size")
+        return MalformedRecord(location, f"missing_size: width={_short(rec.get('width'))} "
+                                         f"height={_short(rec.get('height'))} (need integers in 1..{MAX_IMAGE_SIDE} "
+                                         "pixels)", counter="missing_size")
     w, h = size
     mode = rec.get("coord_mode")
-    if mode not in COORD_MODES:
-        return MalformedRecord(location, f"coord_mode {mode!r} is not one of {sorted(COORD_MODES)}")
+    if not isinstance(mode, str) or mode not in COORD_MODES:
+        return MalformedRecord(location, f"coord_mode {_short(mode)} is not one of {sorted(COORD_MODES)}")
     for key in ("gt", "pred"):
         if not isinstance(rec.get(key), list):
             what = "missing" if key not in rec else f"a {type(rec[key]).__name__}"
@@ -375,6 +397,8 @@ def evaluate_records(records: Iterable[Any], iou_thrs: Sequence[float] | None = 
                   "fp_iou50": n_dt_img[r.index] - tp50[r.index], "fn_iou50": n_gt_img[r.index] - tp50[r.index],
                   "gt_dropped": dict(r.gt_drops), "pred_dropped": dict(r.pred_drops), "errors": r.errors}
                  for r in parsed]
+    if counters["records_total"] == 0:
+        logger.warning("evaluate_records: no records to evaluate; every metric is 0.0")
     if malformed:
         logger.warning("evaluate_records: %d record(s) not evaluated, first: %s — %s", len(malformed),
                        malformed[0].location, malformed[0].reason)

@@ -44,11 +44,25 @@ class RecordsFile:
         return len(self.records) + len(self.malformed)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
 def read_gt_vs_pred(path: str | Path) -> RecordsFile:
     """Read a ``gt_vs_pred.jsonl`` file; undecodable lines become :class:`MalformedRecord` entries.
 
     Raises FileNotFoundError (with the path) if the file is missing; a file that is not UTF-8 is decoded with
-    replacement characters, so its bad lines are reported as malformed rather than raising.
+    replacement characters, so its bad lines are reported as malformed rather than raising. A leading UTF-8 BOM is
+    accepted; a line whose JSON repeats a key, nests too deep or holds an over-long integer is malformed.
     """
     p = Path(path)
     if not p.is_file():
@@ -56,15 +70,21 @@ def read_gt_vs_pred(path: str | Path) -> RecordsFile:
     records: list[Any] = []
     locations: list[str] = []
     malformed: list[MalformedRecord] = []
-    with p.open("r", encoding="utf-8", errors="replace") as fh:
+    with p.open("r", encoding="utf-8-sig", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             loc = f"{p}:{lineno}"
             try:
-                records.append(json.loads(line))
+                records.append(json.loads(line, object_pairs_hook=_no_duplicate_keys))
             except json.JSONDecodeError as exc:
                 malformed.append(MalformedRecord(loc, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+                continue
+            except _DuplicateKey as exc:
+                malformed.append(MalformedRecord(loc, f"duplicate key {str(exc)[:60]!r} in a JSON object"))
+                continue
+            except (ValueError, RecursionError) as exc:  # int-string limit, nesting deeper than the parser's stack
+                malformed.append(MalformedRecord(loc, f"invalid JSON ({type(exc).__name__}: {str(exc)[:100]})"))
                 continue
             locations.append(loc)
     return RecordsFile(str(p), tuple(records), tuple(locations), tuple(malformed))

@@ -29,23 +29,44 @@ GT_COLOR = (0, 200, 0)
 PRED_COLOR = (230, 0, 0)
 TILE = 320  # max tile side in pixels
 HEADER = 14  # caption strip above each tile
+LABEL_CHARS = 40  # longest drawn desc
+MAX_BOXES = 500  # boxes drawn per list (gt / pred) of one record
 
 
-def _load_image(image_root: Path, rec: Mapping[str, Any], width: int, height: int):
+def _load_image(image_root: Path, rec: Mapping[str, Any], size: tuple[int, int]):
+    """The record's image scaled to the tile ``size``, or a grey tile; never decodes more than needed (JPEG draft
+    mode) and never allocates a canvas of the record's own (possibly huge) size."""
     from PIL import Image
 
-    path = image_root / str(rec.get("image", ""))
+    image = rec.get("image", "")
+    path = image_root / image if isinstance(image, str) else None
     try:
+        if path is None:
+            raise ValueError(f"image field is a {type(image).__name__}, not a path")
         with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (OSError, ValueError) as exc:
-        logger.warning("draw_overlays: cannot open %s (%s); drawing on a blank canvas", path, exc)
-        return Image.new("RGB", (width, height), (128, 128, 128))
-    if img.size != (width, height):
-        logger.warning("draw_overlays: %s is %sx%s but the record says %sx%s; boxes use the record size",
-                       path, *img.size, width, height)
-        img = img.resize((width, height))
-    return img
+            im.draft("RGB", size)
+            return im.convert("RGB").resize(size)
+    except Exception as exc:  # noqa: BLE001 - any unreadable / bomb / odd file: a grey tile, never a crash
+        logger.warning("draw_overlays: cannot open %s (%s); drawing on a blank canvas", path, type(exc).__name__)
+        return Image.new("RGB", size, (128, 128, 128))
+
+
+def _label(obj: Mapping[str, Any], key: str) -> str:
+    desc = obj.get("desc", "")
+    label = (desc if isinstance(desc, str) else "")[:LABEL_CHARS]
+    score = obj.get("score")
+    if key == "pred" and _finite(score):
+        label += f" {float(score):.2f}"
+    return label.encode("ascii", "replace").decode("ascii")  # the default bitmap font is Latin-1 only
+
+
+def _finite(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _draw_record(rec: Mapping[str, Any], image_root: Path):
@@ -53,30 +74,30 @@ def _draw_record(rec: Mapping[str, Any], image_root: Path):
     from PIL import Image, ImageDraw
 
     size, mode = record_size(rec), rec.get("coord_mode")
-    if size is None or mode not in COORD_MODES:
+    if size is None or not isinstance(mode, str) or mode not in COORD_MODES:
         return None
     w, h = size
-    img = _load_image(image_root, rec, w, h)
     scale = min(TILE / w, TILE / h)
-    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))))
+    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+    img = _load_image(image_root, rec, (tw, th))
     draw = ImageDraw.Draw(img)
     for key, color in (("gt", GT_COLOR), ("pred", PRED_COLOR)):
         objs = rec.get(key) if isinstance(rec.get(key), list) else []
-        for obj in objs:
+        for obj in objs[:MAX_BOXES]:
             try:
                 x1, y1, x2, y2 = object_xyxy(obj, mode, w, h)
             except DroppedObject:
                 continue
-            box = [x1 * scale, y1 * scale, x2 * scale, y2 * scale]
+            # clamp to the tile (pixel-mode boxes may lie far outside the image)
+            box = [min(max(v * scale, -2.0), t + 2.0) for v, t in ((x1, tw), (y1, th), (x2, tw), (y2, th))]
             draw.rectangle(box, outline=color, width=2)
-            label = str(obj.get("desc", ""))
-            if key == "pred" and isinstance(obj.get("score"), (int, float)):
-                label += f" {obj['score']:.2f}"
             ty = box[1] - 11 if key == "gt" else box[3] + 1
-            draw.text((box[0] + 2, max(0, ty)), label, fill=color)
+            draw.text((box[0] + 2, max(0, ty)), _label(obj, key), fill=color)
     tile = Image.new("RGB", (img.width, img.height + HEADER), (255, 255, 255))
     tile.paste(img, (0, HEADER))
-    ImageDraw.Draw(tile).text((2, 1), str(rec.get("image", ""))[-48:], fill=(0, 0, 0))
+    caption = rec.get("image", "")
+    caption = (caption if isinstance(caption, str) else "")[-48:].encode("ascii", "replace").decode("ascii")
+    ImageDraw.Draw(tile).text((2, 1), caption, fill=(0, 0, 0))
     return tile
 
 
@@ -84,8 +105,10 @@ def draw_overlays(records: Iterable[Any], image_root: str | Path, out_png: str |
                   max_images: int = 16) -> Path:
     """Write a grid PNG of the first ``max_images`` drawable records (GT green, pred red, with labels).
 
-    Records without a usable ``width``/``height``/``coord_mode`` are skipped; a missing image file is drawn as a
-    grey canvas of the record's size. Raises ValueError if no record is drawable or ``max_images < 1``.
+    Records without a usable ``width``/``height``/``coord_mode`` (or that fail to draw) are skipped; a missing or
+    unreadable image is drawn as a grey tile. Time and memory are bounded by the tiles (≤ TILE px a side, at most
+    ``MAX_BOXES`` boxes per list, labels cut to ``LABEL_CHARS``), whatever the record says. Raises ValueError if no
+    record is drawable or ``max_images < 1``.
     """
     from PIL import Image
 
@@ -93,10 +116,14 @@ def draw_overlays(records: Iterable[Any], image_root: str | Path, out_png: str |
         raise ValueError(f"max_images must be >= 1, got {max_images}")
     root = Path(image_root)
     tiles = []
-    for rec in records:
+    for i, rec in enumerate(records):
         if len(tiles) >= max_images:
             break
-        tile = _draw_record(rec, root) if isinstance(rec, Mapping) else None
+        try:
+            tile = _draw_record(rec, root) if isinstance(rec, Mapping) else None
+        except Exception as exc:  # noqa: BLE001 - a record that cannot be drawn is skipped, never a crash
+            logger.warning("draw_overlays: record %d not drawn (%s: %s)", i, type(exc).__name__, str(exc)[:200])
+            tile = None
         if tile is not None:
             tiles.append(tile)
     if not tiles:

@@ -172,6 +172,8 @@ def _parse_entry(raw: Any, path: str, kind: str, variant: str, registry: Mapping
     if not isinstance(enabled, bool):
         raise ValueError(f"{path}.enabled: expected bool (true/false), got {type(enabled).__name__} {enabled!r}")
     weight = raw.get("weight", 1.0)
+    if isinstance(weight, int) and not isinstance(weight, bool) and abs(weight) > 10**300:  # float() would overflow
+        raise ValueError(f"{path}.weight: expected a finite float >= 0, got an int with {len(str(weight))} digits")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(float(weight)) \
             or float(weight) < 0:
         raise ValueError(f"{path}.weight: expected a finite float >= 0, got {type(weight).__name__} {weight!r}")

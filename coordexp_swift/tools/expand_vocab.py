@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from coordexp_swift.coord.codec import all_coord_tokens
@@ -28,6 +29,13 @@ def expand_vocab(src: str | Path, dst: str | Path, *, seed: int = 0) -> dict:
     from coordexp_swift.coord.vocab import coord_token_ids
     from coordexp_swift.tools.coord_init import init_coord_rows
 
+    src_dir = Path(src)
+    if not src_dir.is_dir():
+        what = "is a file, not a checkpoint directory" if src_dir.exists() else "does not exist"
+        raise ValueError(f"--src {src}: {what} (give a local Qwen3-VL checkpoint directory; hub ids are not "
+                         f"downloaded)")
+    if not (src_dir / "config.json").is_file():
+        raise ValueError(f"--src {src}: no config.json in this directory; it is not a model checkpoint")
     processor = AutoProcessor.from_pretrained(src)
     tokenizer = processor.tokenizer
     literals = all_coord_tokens()
@@ -65,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dst", required=True, help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="seed of the new rows' random directions")
     args = ap.parse_args(argv)
-    info = expand_vocab(args.src, args.dst, seed=args.seed)
+    try:
+        info = expand_vocab(args.src, args.dst, seed=args.seed)
+    except ValueError as exc:
+        print(f"coordexp-swift expand-vocab: {exc}", file=sys.stderr)
+        return 2
     print(f"coord tokens at ids {info['coord_id_first']}..{info['coord_id_last']}; written to {args.dst}")
     return 0

@@ -21,7 +21,7 @@ from coordexp_swift.coord.codec import (
 def test_constants():
     """seed 001 1.8.1: the codec scale is 999; there are 1000 bins and no bin 1000."""
     assert NUM_BINS == 1000 and MAX_BIN == 999
-    assert COORD_TOKEN_RE.pattern == r"<\|coord_(\d{1,4})\|>"
+    assert COORD_TOKEN_RE.pattern == r"<\|coord_([0-9]{1,4})\|>"  # ASCII digits only (issue 13 item 11)
 
 
 def test_encode_anchor_values():
