@@ -9,12 +9,14 @@ DEMO_OUT ?= demo_out
 
 .PHONY: demo test test-fast bench install clean-demo
 
-$(STAMP): setup.cfg pyproject.toml
+# setup.cfg holds compatible ranges (for installing the plugin into an existing ms-swift environment);
+# constraints.txt the exact tested set, which this install (and so `make test`, i.e. CI) uses.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch and torchvision first, as a pair built for each other (pip takes them from this machine's disk).
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt torch torchvision
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
