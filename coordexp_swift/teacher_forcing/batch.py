@@ -304,25 +304,34 @@ def _host_index(host: Layout, ids: torch.Tensor, id_to_bin: np.ndarray, context:
     }
 
 
-def _ship(tensors: Mapping[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], Any]:
-    """Move CPU ``tensors`` to ``device`` in ONE copy: packed into one byte buffer (8-byte aligned parts), pinned
-    for CUDA, ``non_blocking=True``; returns views of the device buffer and the host buffer (kept alive by the
-    batch until the copy has surely completed). On CPU the tensors are returned as they are."""
-    if device.type == "cpu":
-        return {k: v.contiguous() for k, v in tensors.items()}, None
-    layout, size = [], 0
+def _pack(tensors: Mapping[str, torch.Tensor], pin: bool) -> tuple[torch.Tensor, list[tuple]]:
+    """All of ``tensors`` (CPU) in one uint8 buffer, each part 8-byte aligned; returns the buffer and the parts'
+    ``(name, offset, nbytes, dtype, shape)``."""
+    parts, size = [], 0
     for k, v in tensors.items():
         nbytes = v.numel() * v.element_size()
-        layout.append((k, size, nbytes, v.dtype, tuple(v.shape)))
+        parts.append((k, size, nbytes, v.dtype, tuple(v.shape)))
         size += (nbytes + 7) // 8 * 8
-    host = torch.empty(max(size, 8), dtype=torch.uint8, pin_memory=device.type == "cuda" and
-                       torch.cuda.is_available())
-    for (k, off, nbytes, dtype, shape) in layout:
+    buf = torch.empty(max(size, 8), dtype=torch.uint8, pin_memory=pin)
+    for (k, off, nbytes, dtype, _) in parts:
         if nbytes:
-            host[off: off + nbytes].view(dtype).copy_(tensors[k].reshape(-1))
-    dev = host.to(device, non_blocking=True)
-    out = {k: dev[off: off + nbytes].view(dtype).reshape(shape) for (k, off, nbytes, dtype, shape) in layout}
-    return out, host
+            buf[off: off + nbytes].view(dtype).copy_(tensors[k].reshape(-1))
+    return buf, parts
+
+
+def _unpack(buf: torch.Tensor, parts: list[tuple]) -> dict[str, torch.Tensor]:
+    """Views of ``buf`` (any device) per part of :func:`_pack`."""
+    return {k: buf[off: off + nbytes].view(dtype).reshape(shape) for (k, off, nbytes, dtype, shape) in parts}
+
+
+def _ship(tensors: Mapping[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], Any]:
+    """Move CPU ``tensors`` to ``device`` in ONE copy: packed into one byte buffer (:func:`_pack`; pinned for CUDA)
+    and copied with ``non_blocking=True``; returns views of the device buffer and the host buffer (kept alive by
+    the batch so the asynchronous copy never reads freed memory). On CPU the tensors are returned as they are."""
+    if device.type == "cpu":
+        return {k: v.contiguous() for k, v in tensors.items()}, None
+    buf, parts = _pack(tensors, pin=device.type == "cuda" and torch.cuda.is_available())
+    return _unpack(buf.to(device, non_blocking=True), parts), buf
 
 
 @dataclass(frozen=True, eq=False)
