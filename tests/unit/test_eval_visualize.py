@@ -53,11 +53,17 @@ def test_training_curves_plot_present_keys(tmp_path: Path) -> None:
 
 
 def test_visualize_cli(tmp_path: Path, capsys) -> None:
-    """CLI: --logging_jsonl mode writes the PNG; giving both modes is a usage error."""
+    """CLI: --logging_jsonl mode writes the curves PNG — pixel-identical to ``plot_training_curves`` on the same
+    file, and not blank (issue 8 item 8: a file's existence alone is not checked); giving both modes is a usage
+    error."""
     log = tmp_path / "logging.jsonl"
-    log.write_text(json.dumps({"loss": 1.0, "global_step/max_steps": "1/2"}) + "\n")
+    log.write_text("\n".join(json.dumps({"loss": 2.0 / s, "global_step/max_steps": f"{s}/3"}) for s in (1, 2, 3))
+                   + "\n")
     assert main(["--logging_jsonl", str(log), "--out", str(tmp_path / "c.png")]) == 0
-    assert (tmp_path / "c.png").is_file()
+    assert plot_training_curves(log, tmp_path / "direct.png") == ["loss"]
+    cli_png, direct = Image.open(tmp_path / "c.png").convert("RGB"), Image.open(tmp_path / "direct.png").convert("RGB")
+    assert cli_png.size == direct.size and cli_png.tobytes() == direct.tobytes()
+    assert len(cli_png.getcolors(maxcolors=1 << 20)) > 2  # a drawn plot, not a blank canvas
     with pytest.raises(SystemExit):
         main(["--logging_jsonl", str(log), "--pred_jsonl", str(log), "--out", str(tmp_path / "d.png")])
     assert main(["--logging_jsonl", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "e.png")]) == 2
