@@ -24,6 +24,7 @@ logger = logging.getLogger("coordexp_swift")
 # ship fail at register time with a clear message.
 TRAINER_REGISTRY: dict[str, str] = {
     "stage1": "coordexp_swift.trainers.stage1.Stage1Trainer",
+    "stage2_two_channel": "coordexp_swift.trainers.stage2_two_channel.Stage2TwoChannelTrainer",
 }
 
 _REGISTERED = False

@@ -86,6 +86,8 @@ class Stage2ABConfig:
         text_gate_weight: coord_reg sub-term weights.
       coord_huber_delta: δ > 0 of the expected Huber term (normalised units).
       channel_b: Channel-B knobs.
+      packing: the trainer packs each micro-step's teacher-forced segments into one padding-free row (SPEC §3.3);
+        ms-swift's own dataset ``packing`` must stay off for this variant.
       pipeline: raw objective pipeline mapping (validated by ``teacher_forcing``), ``None`` = default manifest.
     """
 
@@ -107,4 +109,5 @@ class Stage2ABConfig:
     text_gate_weight: float = bounded(0.0, ge=0)
     coord_huber_delta: float = bounded(0.001, gt=0)
     channel_b: ChannelBConfig = field(default_factory=ChannelBConfig)
+    packing: bool = False
     pipeline: Optional[dict[str, Any]] = None
