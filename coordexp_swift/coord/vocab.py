@@ -15,7 +15,7 @@ import torch
 
 from coordexp_swift.coord.codec import NUM_BINS, all_coord_tokens
 
-__all__ = ["IM_END_TOKEN", "PieceTable", "VocabView", "coord_token_ids", "id_to_bin_lookup"]
+__all__ = ["IM_END_TOKEN", "PieceTable", "VocabView", "coord_token_ids", "id_to_bin_lookup", "id_to_bin_table"]
 
 IM_END_TOKEN = "<|im_end|>"
 
@@ -40,11 +40,17 @@ def coord_token_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def id_to_bin_lookup(coord_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[vocab_size] long: bin k at ``coord_ids[k]``, -1 elsewhere (vectorised membership + bin lookup)."""
-    lut = torch.full((vocab_size,), -1, dtype=torch.long, device=coord_ids.device)
-    lut[coord_ids] = torch.arange(NUM_BINS, device=coord_ids.device)
+def id_to_bin_table(coord_ids: torch.Tensor | np.ndarray, size: int) -> np.ndarray:
+    """THE id → bin table: ``[max(size, max id + 1)]`` int64 numpy, bin k at ``coord_ids[k]``, -1 elsewhere."""
+    ids = np.asarray(torch.as_tensor(coord_ids).cpu(), dtype=np.int64).reshape(-1)
+    lut = np.full(max(int(size), int(ids.max()) + 1), -1, dtype=np.int64)
+    lut[ids] = np.arange(len(ids), dtype=np.int64)
     return lut
+
+
+def id_to_bin_lookup(coord_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """:func:`id_to_bin_table` as a long tensor on ``coord_ids.device`` (prefer ``VocabView.id_to_bin_on``)."""
+    return torch.from_numpy(id_to_bin_table(coord_ids, vocab_size)).to(coord_ids.device)
 
 
 class PieceTable:
@@ -124,9 +130,7 @@ class VocabView:
         size = max(len(table), int(vocab_size or 0), int(coord_ids.max()) + 1)
         if len(table) < size:
             table = PieceTable(list(table.text) + [""] * (size - len(table)))
-        lut = np.full(size, -1, dtype=np.int64)
-        lut[coord_ids.numpy()] = np.arange(NUM_BINS, dtype=np.int64)
-        return cls(coord_ids=coord_ids, id_to_bin=lut, pieces=table, eos_id=int(eos_id), encode=encode,
+        return cls(coord_ids=coord_ids, id_to_bin=id_to_bin_table(coord_ids, size), pieces=table, eos_id=int(eos_id), encode=encode,
                    vocab_size=size, decode=decode)
 
     def encode_cached(self, text: str) -> tuple[int, ...]:

@@ -2,7 +2,8 @@
 ``TeacherForcingContext`` it binds logits into (``batch.with_logits(...)``), objective /
 diagnostics modules, the pipeline config + checksum, the executor and the straight-through bridge (``st``).
 
-Pure and trainer-independent: imports ``losses``, ``coord``, ``config`` only (never ``rollout`` or ``trainers``).
+Pure and trainer-independent: imports ``losses``, ``data`` (the CoordJSON scanner), ``coord``, ``config`` only
+(never ``rollout`` or ``trainers``; ``rollout/targets.py`` imports this package, not the other way round).
 """
 from coordexp_swift.teacher_forcing import st
 from coordexp_swift.teacher_forcing.batch import ContextIndex, TeacherForcingBatch, debug_checks, set_debug_checks
