@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from coordexp_swift.coord.codec import NUM_BINS
 from coordexp_swift.config.custom import CoordSoftCEW1Config
-from coordexp_swift.coord.vocab import coord_token_ids
+from coordexp_swift.coord.vocab import VocabView
 from coordexp_swift.losses.token_masks import IGNORE_INDEX, stage1_masks
 from coordexp_swift.teacher_forcing.stage1 import Stage1Objective
 
@@ -60,10 +60,7 @@ def _paired_medians(cand: Callable[[], None], base: Callable[[], None], reps: in
 # ----------------------------------------------------------------------------------------------- (a) coord loss
 def _objective(tokenizer: Any, vocab: int) -> Stage1Objective:
     """Stage-1 objective at the default weights (soft_ce 1, w1 1, coord_gate 1; ce_weight 0, text_gate 0)."""
-    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
-                                    clean_up_tokenization_spaces=False)
-    return Stage1Objective(CoordSoftCEW1Config(enabled=True), coord_ids=coord_token_ids(tokenizer),
-                           vocab_size=vocab, eos_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pieces=pieces)
+    return Stage1Objective(CoordSoftCEW1Config(enabled=True), VocabView.from_tokenizer(tokenizer, vocab_size=vocab))
 
 
 def bench_coord_loss(objective: Stage1Objective, vocab: int, n_pos: int, reps: int, warmup: int) -> dict[str, Any]:
@@ -142,7 +139,7 @@ def bench_step(model_dir: Path, shapes_dir: Path, batch: int, reps: int, warmup:
                         ignore_index=IGNORE_INDEX).backward()
 
     t_s, t_p = _paired_medians(stage1, plain, reps, warmup)
-    m = stage1_masks(labels, trainer.objective.coord_lut, trainer.objective.eos_id)
+    m = stage1_masks(labels, trainer.objective.vocab.id_to_bin_on(labels.device), trainer.objective.eos_id)
     return {"batch": batch, "seq_len": int(labels.shape[1]), "coord_targets": int(m.coord.sum()),
             "text_targets": int(m.text.sum()), "vocab": int(model.get_output_embeddings().weight.shape[0]),
             "stage1_step_s": t_s, "plain_ce_step_s": t_p, "ratio": t_s / t_p, "target": TARGET_STEP}
