@@ -249,3 +249,29 @@ def test_context_rejects_sliced_logits_and_bad_meta():
         TeacherForcingContext(channel="A", input_ids=torch.zeros(1, n, dtype=torch.long),
                               logits={"gt": torch.zeros(1, n, VOCAB)}, meta=(meta, meta), coord_ids=COORD_IDS,
                               packed=True)
+
+
+def test_one_scanner_and_layering():
+    """issue 8 item 4: one CoordJSON scanner, in data/ below both teacher_forcing and rollout (imports re, numpy and
+    dataclasses only); the parser, the FN fragment and the token typing import it; teacher_forcing never imports
+    rollout (rollout/targets.py imports teacher_forcing, one way)."""
+    import ast
+    import importlib
+    import inspect
+    import pkgutil
+
+    import coordexp_swift.teacher_forcing as tf_pkg
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+        out = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return out | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    assert imported("coordexp_swift.data.coordjson_scan") <= {"__future__", "re", "dataclasses", "numpy"}
+    for user in ("coordexp_swift.rollout.parse", "coordexp_swift.rollout.fragment",
+                 "coordexp_swift.teacher_forcing.token_types"):
+        assert "coordexp_swift.data.coordjson_scan" in imported(user), user
+    names = ["coordexp_swift.teacher_forcing"] + [
+        m.name for m in pkgutil.walk_packages(tf_pkg.__path__, "coordexp_swift.teacher_forcing.")]
+    for name in names:
+        assert not any(m.startswith("coordexp_swift.rollout") for m in imported(name)), name
