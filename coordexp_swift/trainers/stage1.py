@@ -21,6 +21,7 @@ from swift.trainers import Seq2SeqTrainer
 
 from coordexp_swift.coord.vocab import VocabView
 from coordexp_swift.run_context import current, write_resolved_config
+from coordexp_swift.teacher_forcing.manifest import write_manifest
 from coordexp_swift.teacher_forcing.stage1 import Stage1Objective, Stage1Step
 from coordexp_swift.trainers.forwards import forward
 
@@ -51,6 +52,11 @@ class Stage1Trainer(Seq2SeqTrainer):
             path = write_resolved_config(ctx, self.args.output_dir)
             logger.info("coordexp config written to %s; coord_soft_ce_w1=%s; objective modules: %s", path,
                         asdict(soft), ", ".join(self.objective.manifest.module_lines()))
+            # the objective's identity, like every trainer: <output_dir>/pipeline_manifest.json + the init log line
+            # (modules, checksum, config path, run name, seed) on ms-swift's logger (issue 9 item 5)
+            write_manifest(self.args.output_dir, self.objective.manifest, config_path=ctx.config_path,
+                           run_name=getattr(self.args, "run_name", None), seed=self.args.seed,
+                           log=logging.getLogger("swift.coordexp_swift"))
 
     # --- denominators -------------------------------------------------------------------------------------------
     def _get_num_items_in_batch(self, batch_samples, device):

@@ -53,7 +53,8 @@ from coordexp_swift.trainers.step_metrics import StepMetrics
 __all__ = ["ChannelAInputs", "GRAD_MODES", "Stage2TwoChannelTrainer", "build_channel_a_inputs",
            "channel_a_forwards", "encode_gt_targets", "identity_collator"]
 
-logger = logging.getLogger("coordexp_swift")
+# a child of ms-swift's logger, so the init line reaches its (INFO) handler
+logger = logging.getLogger("swift.coordexp_swift")
 
 GRAD_MODES: tuple[str, ...] = ("em_detach", "unroll")
 _CHANNEL_B_MESSAGE = (
