@@ -522,3 +522,38 @@ def test_losses_import_only_torch_and_math():
     for mod in (cd, bbox):
         mods = top_level_imports(mod)
         assert mods <= {"torch", "math"}, (mod.__name__, mods)
+
+
+# --------------------------------------------------------------------------------------------- blocked token CE
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_rows", [None, 2])
+def test_blocked_token_ce_equals_float64_reference_with_dirty_rows(dt, block_rows, monkeypatch):
+    """issue 8 item 6 / SPEC §4.4: ``losses.token_ce.token_ce_rows`` (blocked, no fp32 [N, V] copy) equals a
+    float64 autograd reference ``logsumexp(z) − z[target]`` on explicitly sanitised logits (NaN -> 0, ±inf ->
+    ±1e4, clamp), values and gradients, with one block or 2 rows per block; replaced entries get zero gradient and
+    the gradient keeps the input dtype."""
+    from coordexp_swift.losses import token_ce as tce
+
+    if block_rows is not None:
+        monkeypatch.setattr(tce, "_BLOCK_ELEMS", block_rows * V)
+    cid = _coord_ids(2)
+    x = _dirty(7, dt, cid)
+    targets = torch.tensor([0, 5, cid[3].item(), 17, 1299, 2, 640])
+    a = x.clone().requires_grad_()
+    ce = tce.token_ce_rows(a, targets)
+    assert ce.dtype == torch.float32 and ce.shape == (7,)
+    wts = torch.linspace(0.5, 2.0, 7)
+    (ce * wts).sum().backward()
+    z = x.double().requires_grad_()
+    zs = torch.where(torch.isnan(z), torch.zeros_like(z), z)
+    zs = torch.where(zs > 1e4, torch.full_like(zs, 1e4), zs)
+    zs = torch.where(zs < -1e4, torch.full_like(zs, -1e4), zs)
+    ref = torch.logsumexp(zs, -1) - zs[torch.arange(7), targets]
+    (ref * wts.double()).sum().backward()
+    torch.testing.assert_close(ce.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    assert a.grad.dtype == dt
+    tol = dict(rtol=1e-4, atol=1e-6) if dt == torch.float32 else dict(rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(a.grad.double(), z.grad.to(dt).double(), **tol)
+    bad = ~(x.float().abs() <= 1e4)
+    assert bad.any() and torch.all(a.grad[bad] == 0)
+    assert tce.token_ce_rows(torch.zeros(0, V, requires_grad=True), torch.zeros(0, dtype=torch.long)).shape == (0,)
