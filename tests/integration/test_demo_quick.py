@@ -5,6 +5,7 @@ Asserts that the report and every artefact exist with finite numbers — not the
 too short to localise anything)."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -66,16 +67,75 @@ def test_quick_demo_report_and_artefacts(quick_demo):
     # artefacts: PNGs, eval files, export with metrics + config snapshot
     for png in ("loss_curves_softce_w1.png", "overlays_softce_w1.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("gt_vs_pred.jsonl", "metrics.json", "per_class.csv", "per_image.json", "coco_gt.json",
-                 "coco_preds.json"):
-        assert (out / "eval_softce_w1" / name).is_file(), name
+    _check_eval_files(out / "eval_softce_w1", out / "shapes" / "val.jsonl", summary)
     export = out / "export_softce_w1"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "demo_metrics.json", "run_config.yaml",
-                 "coordexp_config.json"):
-        assert (export / name).is_file(), name
+    ckpt = max(train.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):  # the final checkpoint, byte for byte
+        assert (export / name).read_bytes() == (ckpt / name).read_bytes(), name
+    _check_exported_model(export)
+    assert yaml.safe_load((export / "run_config.yaml").read_text()) == run_cfg
+    assert json.loads((export / "coordexp_config.json").read_text()) == resolved
     exported = json.loads((export / "demo_metrics.json").read_text())
     assert exported["bbox_AP50"] == summary["bbox_AP50"] and exported["coord_curves_finite"] is True
     assert len((out / "eval_softce_w1" / "gt_vs_pred.jsonl").read_text().splitlines()) == 8  # every val image
+
+
+def _check_eval_files(ev: Path, val_jsonl: Path, summary: dict) -> None:
+    """The five §7.2 eval files agree with the val set and with each other (issue 8 item 8: content, not existence):
+    one COCO image per val record with its objects as annotations, predictions only on those images with finite
+    boxes, per-image / per-class counts summing to the totals, and AP50 recomputed by pycocotools' own
+    ``COCOeval.summarize`` from the two COCO files equal to the reported one."""
+    val = [json.loads(line) for line in val_jsonl.read_text().splitlines() if line.strip()]
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["metrics"]["bbox_AP50"] == summary["bbox_AP50"] and metrics["source"].endswith("gt_vs_pred.jsonl")
+    gt = json.loads((ev / "coco_gt.json").read_text())
+    assert len(gt["images"]) == len(val) == metrics["counters"]["records_total"]
+    per_record = [len(r["objects"]) for r in val]
+    by_image = [sum(a["image_id"] == im["id"] for a in gt["annotations"]) for im in gt["images"]]
+    assert by_image == per_record and sum(per_record) == metrics["counters"]["gt_objects"]
+    preds = json.loads((ev / "coco_preds.json").read_text())
+    assert len(preds) == metrics["counters"]["pred_objects"]
+    ids = {im["id"] for im in gt["images"]}
+    for p in preds:
+        x, y, w, h = p["bbox"]
+        assert p["image_id"] in ids and all(math.isfinite(v) for v in (x, y, w, h, p["score"])) and w >= 0 <= h
+    per_image = json.loads((ev / "per_image.json").read_text())
+    assert [p["num_gt"] for p in per_image] == per_record and sum(p["num_pred"] for p in per_image) == len(preds)
+    with (ev / "per_class.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {int(r["category_id"]) for r in rows} == {c["id"] for c in gt["categories"]}
+    assert sum(int(r["num_gt"]) for r in rows) == sum(per_record)
+    assert sum(int(r["num_pred"]) for r in rows) == len(preds)
+    if not preds:  # the quick run may predict nothing: every metric is then 0.0
+        assert set(metrics["metrics"].values()) == {0.0}
+        return
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    coco_gt.createIndex()
+    e = COCOeval(coco_gt, coco_gt.loadRes(preds), iouType="bbox")
+    e.evaluate(), e.accumulate(), e.summarize()
+    assert metrics["metrics"]["bbox_AP50"] == pytest.approx(max(float(e.stats[1]), 0.0), abs=1e-12)
+
+
+def _check_exported_model(export: Path) -> None:
+    """The export loads: config says qwen3_vl, the safetensors hold the language-model head / embeddings with the
+    config's vocabulary rows, and the tokenizer maps every ``<|coord_k|>`` literal to one id below that size."""
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    config = json.loads((export / "config.json").read_text())
+    vocab = config["text_config"]["vocab_size"]
+    assert config["model_type"] == "qwen3_vl"
+    with safe_open(str(export / "model.safetensors"), framework="pt") as f:
+        rows = {k: f.get_slice(k).get_shape()[0] for k in f.keys()
+                if k.endswith(("embed_tokens.weight", "lm_head.weight"))}
+    assert rows and set(rows.values()) == {vocab}, rows
+    tok = Tokenizer.from_file(str(export / "tokenizer.json"))
+    coord_ids = [tok.encode(f"<|coord_{k}|>", add_special_tokens=False).ids for k in (0, 1, 500, 998, 999)]
+    assert all(len(ids) == 1 and ids[0] < vocab for ids in coord_ids) and len({i[0] for i in coord_ids}) == 5
 
 
 def test_eval_model_mode_on_demo_checkpoint(quick_demo, tmp_path):
