@@ -77,9 +77,17 @@ class PieceTable:
         return list(self.text[np.asarray(ids, dtype=np.int64)])
 
     def render(self, ids: Sequence[int] | np.ndarray) -> tuple[str, np.ndarray]:
-        """``(text, offsets [L+1])`` of token ids ``[L]``: token i covers ``text[offsets[i]:offsets[i+1]]``."""
-        ids = np.asarray(ids, dtype=np.int64)
-        return "".join(self.text[ids]), np.concatenate([[0], np.cumsum(self.lengths[ids])]).astype(np.int64)
+        """``(text, offsets [L+1])`` of token ids ``[L]``: token i covers ``text[offsets[i]:offsets[i+1]]``.
+        Ids outside the table (e.g. a model's padded embedding rows) render as ``""``."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.text)):
+            ok = (ids >= 0) & (ids < len(self.text))
+            safe = np.where(ok, ids, 0)
+            text = "".join(np.where(ok, self.text[safe], ""))
+            lengths = np.where(ok, self.lengths[safe], 0)
+        else:
+            text, lengths = "".join(self.text[ids]), self.lengths[ids]
+        return text, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,9 +169,12 @@ class VocabView:
 
     def is_coord(self, ids: np.ndarray) -> np.ndarray:
         """Bool mask of coord ids (host numpy)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        return self.id_to_bin[ids] >= 0
+        return self.bins(ids) >= 0
 
     def bins(self, ids: np.ndarray) -> np.ndarray:
-        """Bin of each id (-1 for non-coord ids), host numpy."""
-        return self.id_to_bin[np.asarray(ids, dtype=np.int64)]
+        """Bin of each id (-1 for non-coord ids and ids outside the vocabulary), host numpy."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.id_to_bin)):
+            ok = (ids >= 0) & (ids < len(self.id_to_bin))
+            return np.where(ok, self.id_to_bin[np.where(ok, ids, 0)], -1)
+        return self.id_to_bin[ids]

@@ -164,6 +164,18 @@ def test_non_ascii_digit_literal_is_never_a_prediction(digits):
         assert r.dropped[0].reason in ("non_coord_token", "malformed")
 
 
+def test_ids_outside_the_vocabulary_never_raise():
+    """SPEC B1 (never raises on model output): ids past the tokenizer (a model's padded embedding rows) or negative
+    decode to '' — the parse equals the parse without them, and the model's ids stay in the prefix."""
+    text = doc(rec("red", (1, 2, 3, 4)), rec("blue", (5, 6, 7, 8)))
+    ids = T.encode(text)
+    odd = ids[:5] + [T.vocab_size + 7] + ids[5:9] + [10 ** 6] + ids[9:]
+    plain, r = parse_rollout(ids + [T.im_end_id], T.view), parse_rollout(odd + [T.im_end_id], T.view)
+    assert [(o.desc, o.bins) for o in r.objects] == [(o.desc, o.bins) for o in plain.objects]
+    assert T.vocab_size + 7 in r.prefix_token_ids and 10 ** 6 in r.prefix_token_ids
+    assert r.prefix_text == plain.prefix_text and len(r.token_char_offsets) == len(r.prefix_token_ids) + 1
+
+
 def test_drop_reason_list_is_exact():
     assert DROP_REASONS == ("missing_desc", "wrong_arity", "non_coord_token", "unexpected_keys", "order_violation",
                             "poly", "unknown_geom", "bbox_invalid", "malformed")
