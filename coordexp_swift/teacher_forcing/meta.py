@@ -180,7 +180,7 @@ def build_rollout_meta(*, prompt_len: int, train_ids: Sequence[int] | np.ndarray
     if not prefix_len <= closure_token < n:
         raise RuntimeError(f"build_rollout_meta: the outermost '}}' (token {closure_token}) must lie in the tail "
                            f"[{prefix_len}, {n})")
-    types = partition_token_types(ids, offsets, desc_value_spans, vocab.coord_ids, vocab.eos_id)
+    types = partition_token_types(ids, offsets, desc_value_spans, vocab, vocab.eos_id)
     tnp = types.numpy()
     eos = np.flatnonzero(ids[prefix_len:] == vocab.eos_id) + prefix_len
     if not len(eos):

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from coordexp_swift.coord.vocab import VocabView
 from coordexp_swift.data.coordjson_scan import (
     JsonScan,
     scan_coordjson,
@@ -46,11 +47,13 @@ TYPE_NAMES: dict[int, str] = {NONE: "none", STRUCT: "struct", DESC: "desc", COOR
 
 
 def partition_token_types(token_ids: torch.Tensor | Sequence[int], offsets: np.ndarray,
-                          desc_value_spans: np.ndarray, coord_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+                          desc_value_spans: np.ndarray, coord_ids: torch.Tensor | VocabView,
+                          eos_id: int) -> torch.Tensor:
     """Types ``[L]`` (int8, codes :data:`TYPE_NAMES`) of the L target tokens of one assistant span.
 
-    Precedence (exclusivity): ``eos`` (id == ``eos_id``) > ``coord`` (id ∈ ``coord_ids``) > ``desc`` (overlaps a
-    desc value span) > ``struct`` (everything else). Deterministic and local to the span (packing-safe).
+    Precedence (exclusivity): ``eos`` (id == ``eos_id``) > ``coord`` (id ∈ V_c: ``coord_ids [NUM_BINS]``, or the
+    run's :class:`VocabView`, whose id → bin table answers without a search) > ``desc`` (overlaps a desc value
+    span) > ``struct`` (everything else). Deterministic and local to the span (packing-safe).
     """
     ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
     if len(offsets) != ids.numel() + 1:
@@ -59,6 +62,9 @@ def partition_token_types(token_ids: torch.Tensor | Sequence[int], offsets: np.n
     desc = torch.from_numpy(tokens_overlapping(offsets, desc_value_spans))
     types = torch.full((ids.numel(),), STRUCT, dtype=torch.int8)
     types[desc] = DESC
-    types[torch.isin(ids, coord_ids.to(ids.device).cpu())] = COORD
+    if isinstance(coord_ids, VocabView):
+        types[torch.from_numpy(coord_ids.is_coord(ids.cpu().numpy()))] = COORD
+    else:
+        types[torch.isin(ids, coord_ids.to(ids.device).cpu())] = COORD
     types[ids == eos_id] = EOS
     return types
