@@ -11,7 +11,7 @@ from PIL import Image
 
 from coordexp_swift.eval.cli import main as eval_main
 from coordexp_swift.eval.coco_eval import evaluate_records
-from coordexp_swift.eval.visualize import HEADER, TILE, draw_overlays
+from coordexp_swift.eval.visualize import HEADER, PRED_COLOR, TILE, draw_overlays
 
 GOOD = {"image": "a.png", "width": 100, "height": 80, "coord_mode": "pixel",
         "gt": [{"desc": "cat", "bbox_2d": [10, 10, 50, 50]}],
@@ -104,4 +104,6 @@ def test_eval_cli_bad_lines_are_counted(tmp_path, capsys):
     locs = [m["location"] for m in metrics["malformed"]]
     assert locs[:3] == [f"{path}:2", f"{path}:3", f"{path}:4"]
     assert "duplicate key 'width'" in metrics["malformed"][0]["reason"]
-    assert (tmp_path / "out" / "overlays.png").is_file()
+    overlay = Image.open(tmp_path / "out" / "overlays.png").convert("RGB")  # only the one evaluated record drawn:
+    assert overlay.size == (320, 256 + HEADER)  # 100x80 scaled by 3.2 into one tile, with its caption
+    assert PRED_COLOR in {c for _, c in overlay.getcolors(1 << 20)}

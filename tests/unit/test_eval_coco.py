@@ -193,7 +193,12 @@ def test_cli_writes_five_files_and_names_bad_lines(tmp_path: Path, capsys) -> No
         ["metrics.json", "per_class.csv", "per_image.json", "coco_gt.json", "coco_preds.json", "overlays.png"])
     from PIL import Image
 
-    assert Image.open(out / "overlays.png").size[0] > 0  # images absent -> grey canvases, still drawn
+    from coordexp_swift.eval.visualize import HEADER, PRED_COLOR
+
+    overlay = Image.open(out / "overlays.png").convert("RGB")  # 3 records -> 2 x 2 grid of 320 px tiles + captions
+    colours = {c for _, c in overlay.getcolors(1 << 20)}
+    assert overlay.size == (2 * 320, 2 * (320 + HEADER))
+    assert (128, 128, 128) in colours and PRED_COLOR in colours  # images absent -> grey canvases, boxes still drawn
     bare = tmp_path / "bare"
     assert eval_main(["--pred_jsonl", str(src), "--out_dir", str(bare), "--overlays", "0"]) == 0
     assert "overlays.png" not in {p.name for p in bare.iterdir()}
