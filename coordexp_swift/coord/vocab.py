@@ -138,8 +138,8 @@ class VocabView:
         size = max(len(table), int(vocab_size or 0), int(coord_ids.max()) + 1)
         if len(table) < size:
             table = PieceTable(list(table.text) + [""] * (size - len(table)))
-        return cls(coord_ids=coord_ids, id_to_bin=id_to_bin_table(coord_ids, size), pieces=table, eos_id=int(eos_id), encode=encode,
-                   vocab_size=size, decode=decode)
+        return cls(coord_ids=coord_ids, id_to_bin=id_to_bin_table(coord_ids, size), pieces=table,
+                   eos_id=int(eos_id), encode=encode, vocab_size=size, decode=decode)
 
     def encode_cached(self, text: str) -> tuple[int, ...]:
         """``encode(text)`` memoised on this view (constant texts such as the empty opener)."""
