@@ -19,8 +19,9 @@ VLLM_REQUIRES = {
     "0.33.0": ("2.14.0", "0.29.0", ">=5.16.1,<5.21.0"),
     "0.34.0": ("2.14.0", "0.29.0", ">=5.16.1,<5.23.0"),
 }
-#: Lower bounds below the tested pin, and why (setup.cfg says the same).
-LOWER_BELOW_PIN = {"torch": "2.14.0", "torchvision": "0.29.0"}  # the torch-2.14 vLLM releases pin 2.14.0 / 0.29.0
+#: Lower bounds below the tested pin, and why (setup.cfg says the same): the torch-2.14 vLLM releases pin torch
+#: 2.14.0 / torchvision 0.29.0, and their mistral-common dependency needs numpy<2.4 on Python <= 3.12.
+LOWER_BELOW_PIN = {"torch": "2.14.0", "torchvision": "0.29.0", "numpy": "2.3.0"}
 
 
 def _setup_cfg(repo_root) -> configparser.ConfigParser:
@@ -62,7 +63,7 @@ def _bounds(spec: SpecifierSet) -> tuple[Version | None, Version | None]:
 
 def test_install_requires_are_ranges_that_contain_the_constraints_pins(repo_root):
     """issue 8 item 9: every install_requires / dev requirement is a range ``>=L,<U`` (no exact pin) whose lower
-    bound is the tested version from constraints.txt (torch/torchvision: its ``X.Y.0``, see LOWER_BELOW_PIN) and
+    bound is the tested version from constraints.txt (torch/torchvision/numpy: see LOWER_BELOW_PIN) and
     which contains that pin; constraints.txt pins every one of them exactly, and never the plugin itself."""
     ranges, pins = _ranges(repo_root), _pins(repo_root)
     assert "coordexp-swift" not in pins
