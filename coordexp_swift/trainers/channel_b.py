@@ -1,0 +1,317 @@
+"""Channel-B, the one implementation shared by ``stage2_two_channel`` (B steps) and ``stage2_rollout_aligned``
+(every step) — SPEC §3.6, §4.3-§4.4, §8.1.
+
+One B micro-step (:meth:`ChannelB.step`)::
+
+    pairs    = encode_gt_targets(rows)                 # prompt ids = the training encoding up to the answer
+    outs     = self.rollout(model, pairs, step=s)      # B0: no grad, eval mode restored, left-padded batches
+    targets  = self.build_targets(pairs, outs)         # B1 parse → B2 match → B3 Y_train → B4 meta (host)
+    inputs   = self.forward_inputs(model, targets, pairs)   # TeacherForcingBatch (channel "B") + forward inputs
+    logits   = forward(model, inputs, input_ids=ids)   # B5: ONE teacher-forced forward, context ``rollout``
+    result   = objective(batch.with_logits(rollout=logits))
+
+Prompts: the rollout prompt of a row is its training ``input_ids`` up to the first labelled position with the
+row's own ``pixel_values`` / ``image_grid_thw`` / ``mm_token_type_ids`` (an
+:class:`~coordexp_swift.rollout.prompts.EncodedPrompt`, never re-encoded), so the teacher-forced forward's prompt
+ids equal the generation prompt ids by construction. The generated response is cut at its first ``<|im_end|>``
+(backend contract); ``Y_train`` = parser prefix + FN fragment + ``<|im_end|>`` (``rollout/targets.py``).
+
+Seeds (§3.6 B0): ``seed_base = norm(training.seed + s·1000003)`` per optimizer step ``s``; each B micro-step logs
+``s``, ``micro_idx`` and ``seed_base`` at INFO. Greedy decoding reads no seed.
+
+Metrics of a B micro-step (host numbers; §8.1 names; emitted only on steps that ran a rollout):
+``rollout/{gt_objects,valid_pred_objects,matched,fp,fn,fn_appended,invalid_rollout,drop_invalid,
+gating_rejections,truncated}_total``, ``rollout/drop/<reason>_total`` (reasons that occurred),
+``rollout/fn_appended_per_sample_mean``, ``rollout/{precision,recall,f1}`` (rates, recomputed from the counters),
+``stage2/raw_rollouts_total``, ``time/{rollout_generate,rollout_parse_match,forward}_s``,
+``packing/{fill_ratio_mean,segments_total}``, plus the pipeline's ``loss/*`` and diagnostics.
+
+Logits convention: ``logits[b, t]`` predicts the token at ``t + 1``; meta positions are segment-local.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from coordexp_swift.coord.vocab import VocabView
+from coordexp_swift.rollout.backends import DecodeOptions, RolloutOutput, build_backend
+from coordexp_swift.rollout.match import match_predictions
+from coordexp_swift.rollout.parse import parse_rollout
+from coordexp_swift.rollout.prompts import EncodedPrompt
+from coordexp_swift.rollout.seeds import RolloutSeeds
+from coordexp_swift.rollout.targets import RolloutTarget, build_rollout_target, collate_targets
+from coordexp_swift.rollout.fragment import gt_object_from_payload
+from coordexp_swift.teacher_forcing.batch import TeacherForcingBatch
+from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, PipelineResult
+from coordexp_swift.trainers.forwards import forward, pack_segments, positions_for
+from coordexp_swift.trainers.stage2_two_channel import encode_gt_targets
+
+__all__ = ["BStepOutput", "ChannelB", "GTRow", "rollout_metrics", "rollout_prompts", "rollout_targets"]
+
+logger = logging.getLogger("swift.coordexp_swift")
+
+_VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+@dataclass(frozen=True, eq=False)
+class GTRow:
+    """One micro-batch row ready for Channel-B: ``prompt_ids [P]`` (the generation prompt), ``payload`` (the GT
+    ``assistant_payload``), ``segment`` (the row's vision inputs and ``mm_token_type_ids`` of at least ``P``
+    positions; ``encode_gt_targets`` segments) and ``extra`` (the row's ``_extra_kwargs``)."""
+
+    prompt_ids: np.ndarray
+    payload: Mapping[str, Any]
+    segment: Mapping[str, Any]
+    extra: Mapping[str, Any]
+
+
+def gt_rows(rows: Sequence[Mapping[str, Any]], vocab: VocabView, *, object_field_order: str) -> list[GTRow]:
+    """``GTRow`` of each ms-swift-encoded row (train mode, ``_extra_kwargs`` kept); validated like Channel-A."""
+    out = []
+    for row, (target, seg) in zip(rows, encode_gt_targets(rows, vocab, object_field_order=object_field_order)):
+        extra = row["_extra_kwargs"]
+        payload = extra["assistant_payload"]
+        payload = json.loads(payload) if isinstance(payload, str) else payload
+        out.append(GTRow(prompt_ids=target.prompt_ids, payload=payload, segment=seg, extra=extra))
+    return out
+
+
+def rollout_prompts(rows: Sequence[GTRow]) -> list[EncodedPrompt]:
+    """The generation prompts of ``rows``: the training prompt ids with the row's own image inputs."""
+    out = []
+    for r in rows:
+        p = len(r.prompt_ids)
+        mm = r.segment.get("mm_token_type_ids")
+        out.append(EncodedPrompt(
+            input_ids=tuple(int(i) for i in r.prompt_ids), pixel_values=r.segment.get("pixel_values"),
+            image_grid_thw=r.segment.get("image_grid_thw"),
+            mm_token_type_ids=None if mm is None else torch.as_tensor(mm)[:p].long(),
+            n_image_tokens=0 if mm is None else int(torch.as_tensor(mm)[:p].eq(1).sum())))
+    return out
+
+
+def rollout_targets(rows: Sequence[GTRow], responses: Sequence[Sequence[int]], *, vocab: VocabView, rm: Any,
+                    object_field_order: str = "desc_first") -> list[RolloutTarget]:
+    """B1-B4 for each (row, generated ids): strict parse, Hungarian match (``rm``: the ``rollout_matching``
+    config: ``candidate_top_k``, ``maskiou_gate``, ``fp_cost``, ``fn_cost``), ``Y_train`` + meta. An invalid
+    rollout takes the empty-opener fallback (all GT FN) and trains; dropped records are counted, never converted."""
+    if len(rows) != len(responses):
+        raise RuntimeError(f"{len(responses)} rollouts for {len(rows)} rows")
+    out = []
+    for r, ids in zip(rows, responses):
+        parsed = parse_rollout(ids, vocab, object_field_order=object_field_order)
+        gt = [gt_object_from_payload(o) for o in r.payload["objects"]]
+        match = match_predictions(parsed.pred_bins, [o.bins for o in gt], candidate_top_k=rm.candidate_top_k,
+                                  iou_gate=rm.maskiou_gate, fp_cost=rm.fp_cost, fn_cost=rm.fn_cost)
+        out.append(build_rollout_target(prompt_ids=r.prompt_ids, parsed=parsed, match=match,
+                                        assistant_payload=r.payload, vocab=vocab,
+                                        object_field_order=object_field_order))
+    return out
+
+
+def rollout_metrics(targets: Sequence[RolloutTarget]) -> dict[str, float]:
+    """§8.1 rollout counters of one micro-batch (host ints as floats); drop reasons only where they occurred."""
+    tot = {k: 0 for k in ("matched", "fp", "fn", "dropped", "truncated", "invalid_rollout", "gating_rejections")}
+    drops: dict[str, int] = {}
+    for t in targets:
+        for k in tot:
+            tot[k] += int(t.counts[k])
+        for reason, n in t.drop_counts.items():
+            if n:
+                drops[reason] = drops.get(reason, 0) + int(n)
+    n = len(targets)
+    fn_appended = sum(len(t.fn_gt_idx) for t in targets)
+    m = {
+        "rollout/gt_objects_total": tot["matched"] + tot["fn"],
+        "rollout/valid_pred_objects_total": tot["matched"] + tot["fp"],
+        "rollout/matched_total": tot["matched"],
+        "rollout/fp_total": tot["fp"],
+        "rollout/fn_total": tot["fn"],
+        "rollout/fn_appended_total": fn_appended,
+        "rollout/invalid_rollout_total": tot["invalid_rollout"],
+        "rollout/drop_invalid_total": tot["dropped"],
+        "rollout/gating_rejections_total": tot["gating_rejections"],
+        "rollout/truncated_total": tot["truncated"],
+        "rollout/fn_appended_per_sample_mean": fn_appended / max(n, 1),
+        "stage2/raw_rollouts_total": n,
+        "rollout/precision": 0.0, "rollout/recall": 0.0, "rollout/f1": 0.0,  # recomputed from the counters
+    }
+    m.update({f"rollout/drop/{k}_total": v for k, v in sorted(drops.items())})
+    return {k: float(v) for k, v in m.items()}
+
+
+def _segments(targets: Sequence[RolloutTarget], rows: Sequence[GTRow]) -> list[dict[str, Any]]:
+    """Forward segments ``prompt + Y_train`` with the row's vision inputs (``mm_token_type_ids`` 0 on ``Y_train``)."""
+    segs = []
+    for t, r in zip(targets, rows):
+        seg: dict[str, Any] = {"input_ids": torch.from_numpy(t.input_ids)}
+        mm = r.segment.get("mm_token_type_ids")
+        if mm is not None:
+            p = len(t.prompt_ids)
+            seg["mm_token_type_ids"] = torch.cat([torch.as_tensor(mm)[:p].long(),
+                                                  torch.zeros(len(t.y_train_ids), dtype=torch.long)])
+        for key in _VISION_KEYS:
+            if r.segment.get(key) is not None:
+                seg[key] = r.segment[key]
+        segs.append(seg)
+    return segs
+
+
+@dataclass(frozen=True, eq=False)
+class BInputs:
+    """A B micro-batch ready for its one forward: ``batch`` (host-built, shipped), ``model_inputs`` (vision, mm
+    types, ``attention_mask`` when padded), ``input_ids [B, T]``, ``position_ids [4, B, T]``, ``fill_ratio``."""
+
+    batch: TeacherForcingBatch
+    model_inputs: dict[str, torch.Tensor]
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    fill_ratio: float
+
+
+def forward_inputs(model: torch.nn.Module, targets: Sequence[RolloutTarget], rows: Sequence[GTRow], *,
+                   vocab: VocabView, ce_table: Any, packed: bool, pad_id: int, max_length: Optional[int],
+                   device: torch.device | str) -> BInputs:
+    """Host work before the B forward: the channel-``B`` ``TeacherForcingBatch`` (context ``rollout``) and the
+    forward inputs — one padding-free row (``pack_segments``, §3.3) when ``packed``, else right-padded rows.
+    ``fill_ratio``: real tokens / row capacity (packed: ``max_length``; padded: ``B·T``)."""
+    segs = _segments(targets, rows)
+    lens = [int(s["input_ids"].shape[0]) for s in segs]
+    if packed:
+        row = pack_segments(model, segs, max_length=max_length)
+        inputs = dict(row.inputs)
+        ids, positions = inputs.pop("input_ids"), inputs.pop("position_ids")
+        fill = sum(lens) / float(max_length) if max_length else 1.0
+    else:
+        width = max(lens)
+        ids = torch.full((len(segs), width), int(pad_id), dtype=torch.long)
+        mask = torch.zeros((len(segs), width), dtype=torch.long)
+        inputs = {"attention_mask": mask}
+        mm = torch.zeros((len(segs), width), dtype=torch.long) \
+            if all(s.get("mm_token_type_ids") is not None for s in segs) else None
+        for i, (s, n) in enumerate(zip(segs, lens)):
+            ids[i, :n] = s["input_ids"]
+            mask[i, :n] = 1
+            if mm is not None:
+                mm[i, :n] = s["mm_token_type_ids"]
+        if mm is not None:
+            inputs["mm_token_type_ids"] = mm
+        for key in _VISION_KEYS:
+            parts = [torch.as_tensor(s[key]) for s in segs if s.get(key) is not None]
+            if parts:
+                inputs[key] = torch.cat(parts, dim=0)
+        positions = positions_for(model, {"input_ids": ids, **inputs})
+        fill = sum(lens) / float(len(segs) * width)
+    batch = collate_targets(targets, vocab=vocab, packed=packed, channel="B", contexts=("rollout",),
+                            ce_table=ce_table, pad_id=pad_id, max_length=max_length if packed else None,
+                            device=device)
+    moved = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return BInputs(batch, moved, ids.to(device, non_blocking=True), positions.to(device, non_blocking=True), fill)
+
+
+@dataclass(frozen=True, eq=False)
+class BStepOutput:
+    """``loss`` (graph-connected scalar), ``metrics`` (host floats, §8), ``weight`` (segment count), ``logits``,
+    ``targets``, ``rollouts``."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    weight: int
+    logits: torch.Tensor
+    targets: list[RolloutTarget]
+    rollouts: list[RolloutOutput]
+    result: PipelineResult
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+class ChannelB:
+    """The shared Channel-B step (a helper object owned by each Stage-2 trainer; built once in ``__init__``).
+
+    ``rm``: the ``rollout_matching`` config; ``template``: the training ms-swift template; ``objective``: the run's
+    :class:`ObjectivePipeline`; ``training_seed``: ``TrainingArguments.seed``; ``world_size`` / ``rank`` /
+    ``per_device_bs``: for request seeds (vLLM). The backend is built lazily on the first rollout (the unwrapped
+    model: DDP/DeepSpeed wrappers have no ``generate``).
+    """
+
+    def __init__(self, *, rm: Any, template: Any, vocab: VocabView, objective: ObjectivePipeline, packed: bool,
+                 pad_id: int, max_length: Optional[int], object_field_order: str, training_seed: int,
+                 world_size: int = 1, rank: int = 0, per_device_bs: Optional[int] = None,
+                 vllm_config: Any = None) -> None:
+        self.rm = rm
+        self.template = template
+        self.vocab = vocab
+        self.objective = objective
+        self.packed = packed
+        self.pad_id = int(pad_id)
+        self.max_length = max_length
+        self.field_order = object_field_order
+        self.training_seed = int(training_seed)
+        self.world_size, self.rank, self.per_device_bs = int(world_size), int(rank), per_device_bs
+        self.decode = DecodeOptions.from_config(rm)
+        self.eval_decode = DecodeOptions.from_config(rm, greedy=True)
+        self._backend = None
+        self._backend_model = None
+        self._vllm_config = vllm_config
+
+    # --- B0 -----------------------------------------------------------------------------------------------------
+    def backend(self, model: torch.nn.Module):
+        """The rollout backend on the unwrapped ``model`` (built once per model object)."""
+        inner = _unwrap(model)
+        if self._backend is None or self._backend_model is not inner:
+            kw = {"vllm_config": self.rm.vllm} if self.rm.rollout_backend == "vllm" else {}
+            self._backend = build_backend(self.rm.rollout_backend, inner, self.template, **kw)
+            self._backend_model = inner
+        return self._backend
+
+    def rollout(self, model: torch.nn.Module, rows: Sequence[GTRow], *, step: int, micro_idx: int = 0,
+                decode: Optional[DecodeOptions] = None) -> list[RolloutOutput]:
+        """B0: one response per row (no grad, eval mode restored by the backend, left-padded batches of
+        ``decode_batch_size``); logs ``s`` and ``seed_base`` at INFO. The prompt the backend saw must be the row's
+        training prompt (``RuntimeError`` otherwise)."""
+        seeds = RolloutSeeds.for_step(self.training_seed, step, micro_idx=micro_idx, world_size=self.world_size,
+                                      rank=self.rank, per_device_bs=self.per_device_bs)
+        logger.info("Channel-B rollout: s=%d micro_idx=%d seed_base=%d rank=%d n=%d backend=%s", step, micro_idx,
+                    seeds.base, self.rank, len(rows), self.rm.rollout_backend)
+        outs = self.backend(model).generate(rollout_prompts(rows), decode=decode or self.decode, seeds=seeds)
+        if len(outs) != len(rows):
+            raise RuntimeError(f"rollout backend returned {len(outs)} outputs for {len(rows)} prompts")
+        for r, o in zip(rows, outs):
+            if self.rm.rollout_backend == "hf" and tuple(o.prompt_ids) != tuple(int(i) for i in r.prompt_ids):
+                raise RuntimeError("the rollout prompt ids differ from the training prompt ids (SPEC §3.6 B4)")
+        return outs
+
+    # --- the step -----------------------------------------------------------------------------------------------
+    def step(self, model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], *, step: int,
+             micro_idx: int = 0) -> BStepOutput:
+        """One B micro-step on ms-swift-encoded ``rows`` (see the module docstring). Raises on any failure (no
+        reroute to Channel-A)."""
+        gts = gt_rows(rows, self.vocab, object_field_order=self.field_order)
+        t0 = time.perf_counter()
+        outs = self.rollout(model, gts, step=step, micro_idx=micro_idx)
+        t1 = time.perf_counter()
+        targets = rollout_targets(gts, [o.response_ids for o in outs], vocab=self.vocab, rm=self.rm,
+                                  object_field_order=self.field_order)
+        b = forward_inputs(model, targets, gts, vocab=self.vocab, ce_table=self.objective.ce_table,
+                           packed=self.packed, pad_id=self.pad_id, max_length=self.max_length,
+                           device=next(model.parameters()).device)
+        t2 = time.perf_counter()
+        logits = forward(model, b.model_inputs, input_ids=b.input_ids, position_ids=b.position_ids).logits
+        t3 = time.perf_counter()
+        result = self.objective(b.batch.with_logits(rollout=logits))
+        metrics = dict(result.metrics)  # the step's one device-to-host transfer
+        metrics.update(rollout_metrics(targets))
+        metrics.update({"time/rollout_generate_s": t1 - t0, "time/rollout_parse_match_s": t2 - t1,
+                        "time/forward_s": t3 - t2, "packing/fill_ratio_mean": b.fill_ratio,
+                        "packing/segments_total": float(len(targets))})
+        return BStepOutput(result.total, metrics, b.batch.num_segments, logits, targets, outs, result)
