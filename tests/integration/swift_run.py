@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,10 @@ def step_records(output_dir: Path) -> list[dict]:
 def read_logging_jsonl(output_dir: Path) -> list[dict]:
     path = output_dir / "logging.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for ``MASTER_PORT``; loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

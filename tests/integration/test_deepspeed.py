@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,8 @@ import pytest
 from coordexp_swift import swift_argv_hook as hook
 from coordexp_swift.plugin import prepare_cpu_deepspeed
 from coordexp_swift.run_context import RunContext
-from tests.integration.swift_run import REPO, first_logged_step, run_swift_sft, swift_env, tiny_stage1_config
+from tests.integration.swift_run import (REPO, first_logged_step, free_port, run_swift_sft, swift_env,
+                                         tiny_stage1_config)
 
 # An extra plugin file given beside coordexp's: after the trainer is built it records what accelerate and the
 # trainer really run (DeepSpeed silently not engaging would otherwise look like a passing DDP run).
@@ -31,12 +31,6 @@ def _probe(self, *a, **k):
     return out
 T.Trainer._prepare_for_training = _probe
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(tiny_model_dir, shapes_dir, work: Path, name: str, *, deepspeed: str | None, save: bool) -> Path:

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.swift_run import REPO, SWIFT, step_records, swift_env, tiny_stage1_config
-from tests.integration.test_deepspeed import free_port
+from tests.integration.swift_run import REPO, SWIFT, free_port, step_records, swift_env, tiny_stage1_config
 
 pytestmark = pytest.mark.integration
 SCRIPT = REPO / "examples" / "multinode" / "stage1.sh"
