@@ -110,3 +110,19 @@ if argv0.endswith(ENTRY_SCRIPTS) and any(t.startswith(PREFIX) for t in sys.argv[
                          f"{_missing}\n")
         sys.stderr.flush()
         os._exit(2)  # a .pth import cannot raise SystemExit cleanly
+
+# issue 13 item 7: `swift sft run.yaml` reads the YAML in the `swift` launcher itself (swift.cli.main), where a
+# non-UTF-8 byte is a bare "'utf-8' codec can't decode byte 0xff in position 474": name the file, line and column.
+_args = getattr(sys, "argv", None) or []
+if (argv0.endswith("/swift") and len(_args) > 2 and _args[1] in ("sft", "pt", "rlhf")
+        and _args[2].endswith((".yaml", ".yml")) and os.path.isfile(_args[2])):
+    with open(_args[2], "rb") as _f:
+        _raw = _f.read()
+    try:
+        _raw.decode("utf-8")
+    except UnicodeDecodeError as _exc:
+        from coordexp_swift.config.loader import describe_bad_utf8
+
+        sys.stderr.write(f"coordexp-swift: invalid: {_args[2]}: {describe_bad_utf8(_raw, _exc)}\n")
+        sys.stderr.flush()
+        os._exit(2)  # a .pth import cannot raise SystemExit cleanly

@@ -14,8 +14,8 @@ Decisions fixed here:
   as geometry ``"poly"``. Giving both ``poly`` and ``poly_points`` is two geometry keys (rejected).
 * Object keys are exactly ``desc`` + one geometry key; any other key is rejected.
 * Top-level keys other than ``images``/``width``/``height``/``objects``/``summary``/``metadata`` are ignored.
-* ``images`` is a list holding exactly one relative path (relative to the JSONL's directory); the validator does
-  not open the image (no existence check: that is the data-prep tools' job, e.g. ``convert-coco`` counters).
+* ``images`` is a list holding exactly one relative path (relative to the JSONL's directory); :func:`iter_jsonl`
+  does not touch the image, :func:`load_records` checks that the file exists (``custom.data.on_bad_sample``).
 * ``x2 < x1`` / ``y2 < y1`` is checked in Stage-2 only (SPEC §1.5 table); equality is always allowed.
 * :func:`iter_jsonl` skips whitespace-only lines; ``sample_id`` is the 0-based *physical* line index
   (``line_number - 1``), so an error or a sample id always points at the right line of the file.

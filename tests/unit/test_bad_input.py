@@ -234,6 +234,10 @@ def test_non_utf8_yaml_names_file_and_line(tmp_path, capsys):
     rc, out = run_validate(capsys, path)
     assert rc == 2
     assert f"invalid: {path}: not valid UTF-8: byte 0xff at line 2, column 12" in out
+    swift = str(Path(sys.executable).with_name("swift"))  # the launcher reads the YAML before any plugin runs
+    proc = subprocess.run([swift, "sft", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"invalid: {path}: not valid UTF-8: byte 0xff at line 2, column 12" in proc.stderr
     from coordexp_swift.config.loader import load_yaml_file
 
     bom = tmp_path / "bom.yaml"
