@@ -277,22 +277,37 @@ class _LogPCoord(torch.autograd.Function):
         coef = (-g_lpc.double() / (tau * total)).float().unsqueeze(-1)  # −(g/τ)·softmax(z/τ) = coef·exp((z−m)/τ)
         work = None if full.dtype == torch.float32 else torch.empty(
             (min(rows_per, n), v), dtype=torch.float32, device=full.device)
+        drop_work = torch.empty((min(rows_per, n), v), dtype=torch.bool, device=full.device)
         for r0 in range(0, n, rows_per):
             r1 = min(n, r0 + rows_per)
             blk = grad[r0:r1] if work is None else work[: r1 - r0]
-            _exp_block(blk, full[r0:r1], tau, m[r0:r1])
-            blk.mul_(coef[r0:r1])
-            blk.mul_(full[r0:r1].abs() <= LOGIT_BOUND)  # NaN compares False: zero gradient where sanitised
+            drop = _clamp_block(blk, full[r0:r1], drop_work[: r1 - r0])  # entries sanitisation replaces
+            blk.sub_(m[r0:r1].unsqueeze(-1))
+            if tau != 1.0:
+                blk.div_(tau)
+            blk.exp_().mul_(coef[r0:r1]).masked_fill_(drop, 0.0)  # zero gradient (and no NaN) where replaced
             blk.index_add_(1, coord_ids, add_c[r0:r1])
             if work is not None:
                 grad[r0:r1].copy_(blk)
         return grad, None, None
 
 
+def _clamp_block(dst: torch.Tensor, src: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor | None:
+    """In place ``dst <- clamp(src, ±1e4)`` (dst fp32 work block; ±inf -> ±1e4, NaN stays NaN); with ``drop``
+    (a bool block), also ``drop <- dst != src``: the entries sanitisation replaces (NaN, ±inf, |x| > 1e4)."""
+    if src.dtype == dst.dtype:
+        torch.clamp(src, -LOGIT_BOUND, LOGIT_BOUND, out=dst)
+    else:
+        dst.copy_(src).clamp_(-LOGIT_BOUND, LOGIT_BOUND)
+    if drop is None:
+        return None
+    return torch.ne(dst, src, out=drop)
+
+
 def _sanitize_block(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """In place ``dst <- sanitize(src)`` (dst fp32 work block): clamp maps ±inf to ±1e4, then NaN -> 0."""
-    dst.copy_(src)
-    return dst.clamp_(-LOGIT_BOUND, LOGIT_BOUND).nan_to_num_(nan=0.0)
+    _clamp_block(dst, src)
+    return dst.nan_to_num_(nan=0.0)
 
 
 def _exp_block(dst: torch.Tensor, src: torch.Tensor, temperature: float, m: torch.Tensor | None) -> torch.Tensor:

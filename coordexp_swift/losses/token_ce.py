@@ -28,9 +28,15 @@ def _rows_per_block(rows: torch.Tensor) -> int:
     return max(1, elems // max(rows.shape[1], 1))
 
 
+def _clamp_into(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``dst <- clamp(src, ±1e4)`` in fp32 (NaN stays NaN), one pass when the dtypes agree."""
+    if src.dtype == dst.dtype:
+        return torch.clamp(src, -LOGIT_BOUND, LOGIT_BOUND, out=dst)
+    return dst.copy_(src).clamp_(-LOGIT_BOUND, LOGIT_BOUND)
+
+
 def _sanitize_into(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    dst.copy_(src)
-    return dst.clamp_(-LOGIT_BOUND, LOGIT_BOUND).nan_to_num_(nan=0.0)
+    return _clamp_into(dst, src).nan_to_num_(nan=0.0)
 
 
 class _BlockedCE(torch.autograd.Function):
@@ -60,15 +66,16 @@ class _BlockedCE(torch.autograd.Function):
         grad = torch.empty_like(rows)
         work = None if rows.dtype == torch.float32 else torch.empty(
             (min(per, n), v), dtype=torch.float32, device=rows.device)
+        drop_work = torch.empty((min(per, n), v), dtype=torch.bool, device=rows.device)
         g = g.float()
         for r0 in range(0, n, per):
             r1 = min(n, r0 + per)
             blk = grad[r0:r1] if work is None else work[: r1 - r0]
-            _sanitize_into(blk, rows[r0:r1])
-            blk.sub_(lse[r0:r1, None]).exp_()  # softmax
+            _clamp_into(blk, rows[r0:r1])
+            drop = torch.ne(blk, rows[r0:r1], out=drop_work[: r1 - r0])  # entries sanitisation replaces
+            blk.sub_(lse[r0:r1, None]).exp_()  # softmax (NaN where the input was NaN: masked below)
             blk.scatter_add_(1, targets[r0:r1, None], torch.full((r1 - r0, 1), -1.0, device=blk.device))
-            blk.mul_(g[r0:r1, None])
-            blk.mul_(rows[r0:r1].abs() <= LOGIT_BOUND)  # NaN compares False: zero gradient where sanitised
+            blk.mul_(g[r0:r1, None]).masked_fill_(drop, 0.0)  # zero gradient where sanitised
             if work is not None:
                 grad[r0:r1].copy_(blk)
         return grad, None
