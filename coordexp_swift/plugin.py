@@ -25,6 +25,7 @@ logger = logging.getLogger("coordexp_swift")
 TRAINER_REGISTRY: dict[str, str] = {
     "stage1": "coordexp_swift.trainers.stage1.Stage1Trainer",
     "stage2_two_channel": "coordexp_swift.trainers.stage2_two_channel.Stage2TwoChannelTrainer",
+    "stage2_rollout_aligned": "coordexp_swift.trainers.stage2_rollout_aligned.Stage2RolloutAlignedTrainer",
 }
 
 _REGISTERED = False

@@ -49,8 +49,8 @@ from coordexp_swift.rollout.targets import RolloutTarget, build_rollout_target, 
 from coordexp_swift.rollout.fragment import gt_object_from_payload
 from coordexp_swift.teacher_forcing.batch import TeacherForcingBatch
 from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, PipelineResult
+from coordexp_swift.trainers.channel_a import encode_gt_targets
 from coordexp_swift.trainers.forwards import forward, pack_segments, positions_for
-from coordexp_swift.trainers.stage2_two_channel import encode_gt_targets
 
 __all__ = ["BStepOutput", "ChannelB", "GTRow", "rollout_metrics", "rollout_prompts", "rollout_targets"]
 
@@ -263,6 +263,18 @@ class ChannelB:
         self._backend = None
         self._backend_model = None
         self._vllm_config = vllm_config
+
+    @classmethod
+    def from_trainer(cls, trainer: Any, cfg: Any, objective: ObjectivePipeline, vocab: VocabView, *,
+                     packed: bool) -> "ChannelB":
+        """The Channel-B object of a Stage-2 trainer (its args, template and the run's ``rollout_matching``)."""
+        args = trainer.args
+        tok = trainer.template.tokenizer
+        return cls(rm=cfg.rollout_matching, template=trainer.template, vocab=vocab, objective=objective,
+                   packed=packed, pad_id=int(tok.pad_token_id if tok.pad_token_id is not None else vocab.eos_id),
+                   max_length=trainer.template.max_length, object_field_order=cfg.custom.object_field_order,
+                   training_seed=int(args.seed), world_size=int(args.world_size), rank=int(args.process_index),
+                   per_device_bs=int(args.per_device_train_batch_size))
 
     # --- B0 -----------------------------------------------------------------------------------------------------
     def backend(self, model: torch.nn.Module):

@@ -8,7 +8,8 @@ One optimizer step runs one channel, ``channel_at(global_step, b_ratio=..|patter
   micro-batch's encoded rows into the GT targets and the host-built ``TeacherForcingBatch`` (before any forward);
   :func:`channel_a_forwards` runs A1 with ``input_ids`` (context ``gt``) and iterations 1..n−1 with
   ``inputs_embeds`` (context ``self_context`` = the last one); the objective pipeline reads both.
-* **B** (rollouts) arrives with the Channel-B issue: a B step raises ``RuntimeError`` here, never reroutes.
+* **B** (rollouts): the shared :class:`~coordexp_swift.trainers.channel_b.ChannelB` step (rollout → parse →
+  match → FN append → one forward); a failing B step raises, never reroutes. Eval: ``RolloutEvalMixin``.
 
 Harness (SPEC §3.3). ``swift sft`` encodes every row with the run's ``qwen3_vl`` template in train mode
 (``LazyLLMDataset``); with ``remove_unused_columns: false`` the row's ``assistant_payload`` / ``sample_id`` ride in
@@ -47,6 +48,8 @@ from coordexp_swift.trainers.channel_a import (
     channel_a_forwards,
     encode_gt_targets,
 )
+from coordexp_swift.trainers.channel_b import ChannelB
+from coordexp_swift.trainers.rollout_eval import RolloutEvalMixin, RolloutEvaluator
 from coordexp_swift.trainers.scheduler import b_ratio_realized, channel_at
 from coordexp_swift.trainers.step_metrics import StepMetrics
 
@@ -56,10 +59,6 @@ __all__ = ["ChannelAInputs", "GRAD_MODES", "Stage2TwoChannelTrainer", "build_cha
 # a child of ms-swift's logger, so the init line reaches its (INFO) handler
 logger = logging.getLogger("swift.coordexp_swift")
 
-_CHANNEL_B_MESSAGE = (
-    "optimizer step {step} is routed to Channel-B by stage2_ab.schedule ({schedule}), but Channel-B rollouts "
-    "(rollout -> parse -> match -> FN append, 'Stage-2 part 2: Channel-B ... the Rollout-Aligned trainer') arrive "
-    "with the Channel-B issue; set stage2_ab.schedule.b_ratio: 0 (Channel-A only) until then")
 
 
 def identity_collator(features: list, **kwargs: Any) -> list:
@@ -68,7 +67,7 @@ def identity_collator(features: list, **kwargs: Any) -> list:
 
 
 # --- the trainer ------------------------------------------------------------------------------------------------
-class Stage2TwoChannelTrainer(Seq2SeqTrainer):
+class Stage2TwoChannelTrainer(RolloutEvalMixin, Seq2SeqTrainer):
     """``custom.trainer_variant: stage2_two_channel``. Reads like TRL: ``compute_loss`` → ``channel_at`` →
     ``_build_batch`` → ``_channel_a_forwards`` → ``_compute_objective`` → ``step_metrics.observe``.
 
@@ -110,6 +109,12 @@ class Stage2TwoChannelTrainer(Seq2SeqTrainer):
         self.objective = ObjectivePipeline(self.manifest, settings_from_config(cfg))
         self.contexts = ("gt",) if s2.n_softctx_iter == 1 else ("gt", "self_context")
         self.step_metrics = StepMetrics()
+        # Channel-B and the eval step: the objects shared with stage2_rollout_aligned (issue 10)
+        self.channel_b = ChannelB.from_trainer(self, cfg, self.objective, self.vocab, packed=self.packed)
+        self.rollout_evaluator = RolloutEvaluator(self.channel_b, cfg.rollout_matching.eval_detection,
+                                                  output_dir=self.args.output_dir)
+        self._rollout_eval_setup()
+        self._b_micro = (-1, 0)
         if self.args.process_index == 0:
             path = write_resolved_config(ctx, self.args.output_dir)
             mpath, _ = write_manifest(self.args.output_dir, self.manifest, config_path=ctx.config_path,
@@ -166,7 +171,15 @@ class Stage2TwoChannelTrainer(Seq2SeqTrainer):
         return self.objective(batch.with_logits(**logits))
 
     def _channel_b_step(self, model, inputs):
-        raise RuntimeError(_CHANNEL_B_MESSAGE.format(step=int(self.state.global_step), schedule=self.schedule))
+        """One Channel-B micro-step through the shared :class:`ChannelB` (SPEC §3.6); failures raise (no reroute)."""
+        step = int(self.state.global_step)
+        last, idx = self._b_micro
+        self._b_micro = (step, idx + 1 if last == step else 0)
+        out = self.channel_b.step(model, inputs, step=step, micro_idx=self._b_micro[1])
+        metrics = dict(out.metrics)
+        metrics["stage2/b_ratio_realized"] = b_ratio_realized(step, **self.schedule)
+        self.step_metrics.observe(metrics, weight=out.weight, mode="train" if model.training else "eval")
+        return out.loss
 
     # --- logging --------------------------------------------------------------------------------------------------
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
