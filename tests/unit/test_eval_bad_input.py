@@ -65,8 +65,8 @@ def test_overlays_bounded_for_extreme_records(tmp_path):
         {"image": "missing.png", "width": 1 << 20, "height": 1, "coord_mode": "pixel", "gt": big, "pred": big},
         {"image": ["not", "a", "path"], "width": 1 << 20, "height": 1 << 20, "coord_mode": "norm1000",
          "gt": [{"desc": "a", "bbox_2d": [0, 0, 999, 999]}] * 5000, "pred": []},
-        {"image": 7, "width": 3, "height": 3, "coord_mode": "pixel", "gt": [{"desc": "\ud800", "bbox_2d": [0, 0, 2, 2]}],
-         "pred": []},
+        {"image": 7, "width": 3, "height": 3, "coord_mode": "pixel",
+         "gt": [{"desc": "\ud800", "bbox_2d": [0, 0, 2, 2]}], "pred": []},
     ]
     tracemalloc.start()
     out = draw_overlays(recs, tmp_path, tmp_path / "o.png", max_images=8)
