@@ -16,7 +16,8 @@ and that field is a 4-value ``bbox_2d`` (else ``invalid_geometry``); every value
 GT category are dropped as ``unknown_dropped``. Records without ``width``/``height`` (or with non-positive /
 non-integral ones, or ones above ``MAX_IMAGE_SIDE``) are dropped as ``missing_size``; other unusable records (not an
 object, unknown ``coord_mode``, ``gt``/``pred`` not lists, …) as ``malformed_records``; both are NAMED in
-``result["malformed"]``. ``empty_pred`` counts evaluated records whose ``pred`` list is empty. Nothing here raises on bad data.
+``result["malformed"]``. ``empty_pred`` counts evaluated records whose ``pred`` list is empty. Nothing here raises
+on bad data.
 
 Categories: normalised GT desc (lowercase, trimmed, ``_`` and ``/`` → space, whitespace collapsed), ids 1, 2, …
 by first appearance over records in order. ``image_id`` = index of the record in ``records``. Boxes are pixel
