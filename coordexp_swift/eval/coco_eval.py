@@ -24,6 +24,10 @@ by first appearance over records in order. ``image_id`` = index of the record in
 ``[x, y, w, h]`` with ``area = w·h`` and ``iscrowd = 0``; detections keep record order, and COCOeval's stable
 (mergesort) score sort keeps that order on ties.
 
+Beside them, ``f1_iou50`` (precision / recall / F1 at IoU 0.5, the figure other VLM detectors report; see
+:func:`evaluate_records`). The COCOeval implementation is faster-coco-eval when installed (``fast-eval`` extra), else
+pycocotools (:func:`resolve_evaluator`); both fill the same arrays.
+
 Metrics ``bbox_{AP,AP50,AP75,APs,APm,APl,AR1,AR10,AR100,ARs,ARm,ARl}`` are read from COCOeval's accumulated
 ``precision``/``recall`` arrays exactly as ``COCOeval.summarize`` does. AP/AR average over ``iou_thrs`` (COCO's
 0.50:0.05:0.95 when None); AP50/AP75 are always at IoU 0.5/0.75 (those thresholds are added to the evaluation
@@ -247,27 +251,108 @@ def _validate_iou_thrs(iou_thrs: Sequence[float] | None) -> list[float]:
     return sorted(out)
 
 
-def _run_cocoeval(coco_gt: dict, dt_anns: list[dict], eval_thrs: list[float]) -> Any:
-    """Run pycocotools COCOeval (bbox) with ``eval_thrs``; its prints go to the DEBUG log. Returns the COCOeval."""
+#: evaluator backends of :func:`evaluate_records`, in ``"auto"`` preference order.
+EVALUATORS: tuple[str, ...] = ("faster_coco_eval", "pycocotools")
+
+
+def resolve_evaluator(evaluator: str = "auto") -> str:
+    """The COCOeval implementation to use: ``"auto"`` → ``faster_coco_eval`` when importable (the ``fast-eval``
+    extra), else ``pycocotools``; an explicit name must be importable. ValueError for an unknown name, ImportError
+    when the package is missing."""
+    import importlib
+
+    if evaluator not in ("auto",) + EVALUATORS:
+        raise ValueError(f"evaluator {evaluator!r} is not one of {['auto', *EVALUATORS]}")
+    for name in (EVALUATORS if evaluator == "auto" else (evaluator,)):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        return name
+    hint = {"faster_coco_eval": "pip install 'coordexp-swift[fast-eval]'", "pycocotools": "pip install pycocotools"}
+    raise ImportError(f"evaluator {evaluator!r}: package not installed ({hint.get(evaluator, hint['pycocotools'])})")
+
+
+@dataclass
+class _CocoRun:
+    """What :func:`evaluate_records` reads from an accumulated COCOeval (either backend).
+
+    ``precision`` [T,R,K,A,M] and ``recall`` [T,K,A,M] as in COCOeval.eval (A: all, s, m, l; M: maxDets);
+    ``cat_ids`` the K category ids; ``max_dets`` M; ``tp50[image_id]`` detections matched at IoU 0.5 (area
+    ``all``, top ``max_dets[-1]`` by score, COCO's greedy class-aware matching)."""
+
+    precision: Any
+    recall: Any
+    cat_ids: list[int]
+    max_dets: list[int]
+    tp50: Counter
+
+
+def _coco_pair(COCO: Any, coco_gt: dict, dt_anns: list[dict]) -> tuple[Any, Any]:
+    """GT and detection COCO objects over copies of the annotation dicts (COCOeval writes ``ignore`` /
+    ``_ignore`` into them; the returned ``coco_gt`` stays as built)."""
+    gt = COCO()
+    gt.dataset = {**coco_gt, "annotations": [dict(a) for a in coco_gt["annotations"]]}
+    gt.createIndex()
+    dt = COCO()
+    dt.dataset = {"images": coco_gt["images"], "categories": coco_gt["categories"],
+                  "annotations": [dict(a) for a in dt_anns]}
+    dt.createIndex()
+    return gt, dt
+
+
+def _run_pycocotools(coco_gt: dict, dt_anns: list[dict], eval_thrs: list[float], i50: int) -> _CocoRun:
     import numpy as np
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink):
-        gt = COCO()
-        gt.dataset = coco_gt
-        gt.createIndex()
-        dt = COCO()
-        dt.dataset = {"images": coco_gt["images"], "categories": coco_gt["categories"], "annotations": dt_anns}
-        dt.createIndex()
-        ev = COCOeval(gt, dt, iouType="bbox")
-        ev.params.iouThrs = np.asarray(eval_thrs, dtype=np.float64)
+    ev = COCOeval(*_coco_pair(COCO, coco_gt, dt_anns), iouType="bbox")
+    ev.params.iouThrs = np.asarray(eval_thrs, dtype=np.float64)
+    ev.evaluate()
+    ev.accumulate()
+    tp50: Counter = Counter()
+    all_rng, max_det = ev.params.areaRng[0], ev.params.maxDets[-1]
+    for e in ev.evalImgs:
+        if e is not None and e["aRng"] == all_rng and e["maxDet"] == max_det:
+            tp50[e["image_id"]] += int((e["dtMatches"][i50] > 0).sum())
+    return _CocoRun(ev.eval["precision"], ev.eval["recall"], [int(c) for c in ev.params.catIds],
+                    list(ev.params.maxDets), tp50)
+
+
+def _run_faster_coco_eval(coco_gt: dict, dt_anns: list[dict], eval_thrs: list[float], i50: int) -> _CocoRun:
+    """faster-coco-eval's C++ evaluate+accumulate. Its ``eval["matched"]`` (``"<dt id>_<gt id>"`` → IoU) holds the
+    matches at the FIRST IoU threshold (area all, last maxDet); when that is not 0.5 a second run at 0.5 gives
+    ``tp50``."""
+    import numpy as np
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    def run(thrs: list[float]) -> Any:
+        ev = COCOeval_faster(*_coco_pair(COCO, coco_gt, dt_anns), iouType="bbox", print_function=logger.debug)
+        ev.params.iouThrs = np.asarray(thrs, dtype=np.float64)
         ev.evaluate()
         ev.accumulate()
+        return ev
+
+    ev = run(eval_thrs)
+    matched = ev.eval["matched"] if i50 == 0 else run([eval_thrs[i50]]).eval["matched"]
+    tp50: Counter = Counter(dt_anns[int(key.split("_", 1)[0]) - 1]["image_id"] for key in matched)
+    return _CocoRun(ev.eval["precision"], ev.eval["recall"], [int(c) for c in ev.params.catIds],
+                    list(ev.params.maxDets), tp50)
+
+
+_EVALUATOR_RUNS: dict[str, Callable[[dict, list[dict], list[float], int], _CocoRun]] = {
+    "pycocotools": _run_pycocotools, "faster_coco_eval": _run_faster_coco_eval}
+
+
+def _run_cocoeval(coco_gt: dict, dt_anns: list[dict], eval_thrs: list[float], i50: int, evaluator: str) -> _CocoRun:
+    """COCOeval (bbox) with ``eval_thrs`` by ``evaluator`` (a resolved name); prints go to the DEBUG log.
+    ``dt_anns[i]["id"]`` must be ``i + 1``."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        run = _EVALUATOR_RUNS[evaluator](coco_gt, dt_anns, eval_thrs, i50)
     if sink.getvalue():
-        logger.debug("pycocotools: %s", sink.getvalue().strip())
-    return ev
+        logger.debug("%s: %s", evaluator, sink.getvalue().strip())
+    return run
 
 
 def _mean_valid(arr: Any) -> float:
@@ -276,9 +361,9 @@ def _mean_valid(arr: Any) -> float:
     return max(float(valid.mean()), 0.0) if valid.size else 0.0
 
 
-def _summary(ev: Any, avg_idx: list[int], idx50: int, idx75: int) -> dict[str, float]:
-    prec, rec = ev.eval["precision"], ev.eval["recall"]  # [T,R,K,A,M], [T,K,A,M]; A: all,s,m,l; M: 1,10,100
-    m100 = len(ev.params.maxDets) - 1
+def _summary(ev: _CocoRun, avg_idx: list[int], idx50: int, idx75: int) -> dict[str, float]:
+    prec, rec = ev.precision, ev.recall  # [T,R,K,A,M], [T,K,A,M]; A: all,s,m,l; M: 1,10,100
+    m100 = len(ev.max_dets) - 1
     out = {
         "bbox_AP": _mean_valid(prec[avg_idx, :, :, 0, m100]),
         "bbox_AP50": _mean_valid(prec[[idx50], :, :, 0, m100]),
@@ -286,7 +371,7 @@ def _summary(ev: Any, avg_idx: list[int], idx50: int, idx75: int) -> dict[str, f
     }
     for suffix, a in (("s", 1), ("m", 2), ("l", 3)):
         out[f"bbox_AP{suffix}"] = _mean_valid(prec[avg_idx, :, :, a, m100])
-    for mi, md in enumerate(ev.params.maxDets):
+    for mi, md in enumerate(ev.max_dets):
         out[f"bbox_AR{md}"] = _mean_valid(rec[avg_idx, :, 0, mi])
     for suffix, a in (("s", 1), ("m", 2), ("l", 3)):
         out[f"bbox_AR{suffix}"] = _mean_valid(rec[avg_idx, :, a, m100])
@@ -295,7 +380,8 @@ def _summary(ev: Any, avg_idx: list[int], idx50: int, idx75: int) -> dict[str, f
 
 def evaluate_records(records: Iterable[Any], iou_thrs: Sequence[float] | None = None, *,
                      locations: Sequence[str] | None = None,
-                     upstream_malformed: Sequence[MalformedRecord] = ()) -> dict[str, Any]:
+                     upstream_malformed: Sequence[MalformedRecord] = (),
+                     evaluator: str = "auto") -> dict[str, Any]:
     """COCO-evaluate ``gt_vs_pred`` records (module docstring has the full contract).
 
     Args:
@@ -304,6 +390,8 @@ def evaluate_records(records: Iterable[Any], iou_thrs: Sequence[float] | None = 
         locations: optional names of the records for problem reports (default ``"record <i>"``).
         upstream_malformed: problems found before this call (e.g. undecodable JSONL lines), merged into the
             report and counted in ``records_total`` / ``malformed_records``.
+        evaluator: COCOeval implementation (:func:`resolve_evaluator`): ``auto`` (faster-coco-eval when installed,
+            else pycocotools), ``faster_coco_eval`` or ``pycocotools``; both give the same numbers.
 
     Returns a dict (all JSON-serialisable):
         ``metrics``: ``{bbox_AP, …, bbox_ARl}`` Python floats in [0, 1];
@@ -314,9 +402,18 @@ def evaluate_records(records: Iterable[Any], iou_thrs: Sequence[float] | None = 
         fp_iou50, fn_iou50, gt_dropped{reason: n}, pred_dropped{reason: n}, errors}]`` for evaluated records;
         ``malformed``: ``[{location, reason}]`` for every record not evaluated;
         ``coco_gt``: the COCO ground-truth dataset dict; ``coco_preds``: COCO results list
-        ``[{image_id, category_id, bbox, score}]``.
+        ``[{image_id, category_id, bbox, score}]``;
+        ``f1_iou50``: ``{tp, fp, fn, precision, recall, f1}`` over all evaluated records at IoU 0.5 — TP = the
+        per-image ``tp_iou50`` sum (COCO's class-aware greedy matching, area ``all``, top 100 by score), FP = valid
+        predictions − TP, FN = GT − TP; ``precision = TP/(TP+FP)``, ``recall = TP/(TP+FN)``, ``f1 = 2PR/(P+R)``,
+        each 0.0 when undefined. No score threshold: every kept prediction counts (scores only decide which
+        prediction claims a GT first);
+        ``evaluator``: the backend that ran (``None`` when there was no valid prediction).
     """
     thrs = _validate_iou_thrs(iou_thrs)
+    if evaluator not in ("auto",) + EVALUATORS:
+        raise ValueError(f"evaluator {evaluator!r} is not one of {['auto', *EVALUATORS]}")
+    used = None
     counters: Counter = Counter({k: 0 for k in COUNTER_KEYS})
     malformed: list[MalformedRecord] = list(upstream_malformed)
     counters["records_total"] += len(malformed)
@@ -373,17 +470,15 @@ def evaluate_records(records: Iterable[Any], iou_thrs: Sequence[float] | None = 
         eval_thrs = sorted(set(thrs) | {t for t in (0.5, 0.75) if not any(math.isclose(t, u) for u in thrs)})
         idx = [next(j for j, u in enumerate(eval_thrs) if math.isclose(u, t)) for t in thrs]
         i50, i75 = (next(j for j, u in enumerate(eval_thrs) if math.isclose(u, t)) for t in (0.5, 0.75))
-        ev = _run_cocoeval(coco_gt, dt_anns, eval_thrs)
+        used = resolve_evaluator(evaluator)
+        ev = _run_cocoeval(coco_gt, dt_anns, eval_thrs, i50, used)
         metrics = _summary(ev, idx, i50, i75)
-        prec = ev.eval["precision"]
-        m100 = len(ev.params.maxDets) - 1
-        for k, cid in enumerate(ev.params.catIds):
+        prec = ev.precision
+        m100 = len(ev.max_dets) - 1
+        for k, cid in enumerate(ev.cat_ids):
             class_ap[cid] = (_mean_valid(prec[idx, :, k, 0, m100]), _mean_valid(prec[[i50], :, k, 0, m100]),
                              _mean_valid(prec[[i75], :, k, 0, m100]))
-        all_rng, max_det = ev.params.areaRng[0], ev.params.maxDets[-1]
-        for e in ev.evalImgs:
-            if e is not None and e["aRng"] == all_rng and e["maxDet"] == max_det:
-                tp50[e["image_id"]] += int((e["dtMatches"][i50] > 0).sum())
+        tp50 = ev.tp50
 
     n_gt_cls = Counter(a["category_id"] for a in gt_anns)
     n_dt_cls = Counter(a["category_id"] for a in dt_anns)
@@ -398,6 +493,11 @@ def evaluate_records(records: Iterable[Any], iou_thrs: Sequence[float] | None = 
                   "fp_iou50": n_dt_img[r.index] - tp50[r.index], "fn_iou50": n_gt_img[r.index] - tp50[r.index],
                   "gt_dropped": dict(r.gt_drops), "pred_dropped": dict(r.pred_drops), "errors": r.errors}
                  for r in parsed]
+    tp, n_dt, n_gt = sum(tp50.values()), len(dt_anns), len(gt_anns)
+    precision = tp / n_dt if n_dt else 0.0
+    recall = tp / n_gt if n_gt else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    f1_iou50 = {"tp": tp, "fp": n_dt - tp, "fn": n_gt - tp, "precision": precision, "recall": recall, "f1": f1}
     if counters["records_total"] == 0:
         logger.warning("evaluate_records: no records to evaluate; every metric is 0.0")
     if malformed:
@@ -405,4 +505,4 @@ def evaluate_records(records: Iterable[Any], iou_thrs: Sequence[float] | None = 
                        malformed[0].location, malformed[0].reason)
     return {"metrics": metrics, "counters": {k: int(counters[k]) for k in COUNTER_KEYS}, "iou_thrs": thrs,
             "per_class": per_class, "per_image": per_image, "malformed": [m.as_dict() for m in malformed],
-            "coco_gt": coco_gt, "coco_preds": preds}
+            "coco_gt": coco_gt, "coco_preds": preds, "f1_iou50": f1_iou50, "evaluator": used}
