@@ -58,7 +58,9 @@ class EvalDetectionConfig:
 
       enabled: compute ``rollout/mAP`` (COCO bbox AP@[.50:.95]) in the eval step.
       metrics: ``coco`` (only value).
-      score_mode: ``constant`` (only value): every prediction is scored ``constant_score``.
+      score_mode: ``constant`` (default): every prediction is scored ``constant_score``; ``token_prob``: the
+        geometric mean of the probabilities of the object's generated desc and coord tokens
+        (:mod:`coordexp_swift.eval.scores`; greedy eval rollouts return per-token log-probs).
       constant_score: finite score ≥ 0 given to every prediction.
       iou_thrs: ``None`` (COCO's .50:.05:.95) or a non-empty, duplicate-free list of floats in (0, 1).
       dump_records: also write the gathered eval records (gt_vs_pred JSONL) beside the outputs.
@@ -66,7 +68,7 @@ class EvalDetectionConfig:
 
     enabled: bool = True
     metrics: Literal["coco"] = "coco"
-    score_mode: Literal["constant"] = "constant"
+    score_mode: Literal["constant", "token_prob"] = "constant"
     constant_score: float = bounded(1.0, ge=0)
     iou_thrs: Optional[tuple[float, ...]] = bounded(None, item_bounds={"gt": 0, "lt": 1})
     dump_records: bool = False

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N records")
     g.add_argument("--batch_size", type=int, default=16)
     g.add_argument("--max_new_tokens", type=int, default=512)
+    g.add_argument("--score_mode", choices=("constant", "token_prob"), default="constant",
+                   help="per-prediction score for AP: constant 1.0 (default, SPEC §7.1) or token_prob = geometric "
+                        "mean of the generated desc and coord token probabilities (coordexp_swift.eval.scores)")
     return p
 
 
@@ -120,7 +123,8 @@ def resolve_generation_settings(model_dir: str | Path, *, template_type: str | N
 def generate_and_evaluate(model_dir: str | Path, jsonl: str | Path, out_dir: str | Path, *,
                           settings: GenerationSettings | None = None, iou_thrs: Sequence[float] | None = None,
                           batch_size: int = 16, max_new_tokens: int = 512, limit: int | None = None,
-                          progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                          progress: bool = True, score_mode: str = "constant",
+                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Greedy rollouts of ``model_dir`` over ``jsonl`` → ``out_dir/gt_vs_pred.jsonl`` → :func:`evaluate_records`
     → the five §7.2 files in ``out_dir``. Returns ``(records, result)``. ``settings`` default: the run's own
     (:func:`resolve_generation_settings`)."""
@@ -134,8 +138,10 @@ def generate_and_evaluate(model_dir: str | Path, jsonl: str | Path, out_dir: str
         model_dir, jsonl, out_jsonl=pred_jsonl, batch_size=batch_size, max_new_tokens=max_new_tokens,
         user_prompt=settings.user_prompt, system_prompt=settings.system_prompt,
         object_field_order=settings.object_field_order, limit=limit, progress=progress,
-        template_type=settings.template_type, model_kwargs={"max_pixels": settings.max_pixels})
+        template_type=settings.template_type, model_kwargs={"max_pixels": settings.max_pixels},
+        score_mode=score_mode)
     result = evaluate_records(records, iou_thrs)
+    result["score_mode"] = score_mode
     write_outputs(result, out, source=str(pred_jsonl))
     return records, result
 
@@ -145,8 +151,11 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | Path, source: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in OUTPUT_FILES}
-    summary = {"metrics": result["metrics"], "counters": result["counters"], "iou_thrs": result["iou_thrs"],
-               "malformed": result["malformed"], "source": source}
+    summary = {"metrics": result["metrics"], "f1_iou50": result.get("f1_iou50"),
+               "counters": result["counters"], "iou_thrs": result["iou_thrs"], "malformed": result["malformed"],
+               "source": source, "evaluator": result.get("evaluator")}
+    if "score_mode" in result:
+        summary["score_mode"] = result["score_mode"]
     paths["metrics.json"].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     # descs are arbitrary text (lone surrogates included): never let the file encoding raise
     with paths["per_class.csv"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
@@ -164,7 +173,9 @@ def format_summary(result: Mapping[str, Any], max_problems: int = 5) -> str:
     m, c = result["metrics"], result["counters"]
     lines = [
         "bbox AP {:.4f} | AP50 {:.4f} | AP75 {:.4f} | AR100 {:.4f}".format(
-            m["bbox_AP"], m["bbox_AP50"], m["bbox_AP75"], m["bbox_AR100"]),
+            m["bbox_AP"], m["bbox_AP50"], m["bbox_AP75"], m["bbox_AR100"])
+        + (" | F1@0.5 {f1:.4f} (P {precision:.4f}, R {recall:.4f})".format(**result["f1_iou50"])
+           if result.get("f1_iou50") else ""),
         f"records {c['records_evaluated']}/{c['records_total']} evaluated | gt objects {c['gt_objects']} | "
         f"pred objects {c['pred_objects']} | categories {c['categories']}",
     ]
@@ -231,7 +242,8 @@ def _mode_model(args: argparse.Namespace) -> int:
               f"prompt={settings.user_prompt!r} (from {', '.join(settings.sources) or 'flags/defaults'})")
         records, result = generate_and_evaluate(args.model, args.jsonl, args.out_dir, settings=settings,
                                                 iou_thrs=args.iou_thrs, batch_size=args.batch_size,
-                                                max_new_tokens=args.max_new_tokens, limit=args.limit)
+                                                max_new_tokens=args.max_new_tokens, limit=args.limit,
+                                                score_mode=args.score_mode)
     except (FileNotFoundError, ValueError) as exc:
         print(f"coordexp-swift eval: {exc}", file=sys.stderr)
         return 2

@@ -10,14 +10,19 @@ Record (one per JSONL line, JSONL order)::
     {"image": abs path, "width": W, "height": H, "coord_mode": "norm1000",
      "gt":   [{"desc": str, "bbox_2d": [x1, y1, x2, y2] bins}, ...],      # poly GT keeps its "poly" key
      "pred": [{"desc": str, "bbox_2d": [x1, y1, x2, y2] bins}, ...],      # valid parsed records, text order
+                                                                         # (+ "score" with score_mode token_prob)
      "errors": ["invalid_rollout" | "max_new_tokens" | "truncated_record" | "dropped:<reason>", ...],
      "parse": {"invalid_rollout": bool, "truncated_record": bool, "max_new_tokens": bool, "drop_counts": {...}},
      "raw_text": response text (through <|im_end|>), "sample_id": line index}
 
 Bins are ints 0..999 (bin k <-> k/999); the evaluator maps them to pixels. Rollouts are greedy by default.
+``score_mode="token_prob"`` asks the backend for per-token log-probs and scores each prediction with
+:func:`coordexp_swift.eval.scores.token_prob_scores` (objects found by the token-aligned parser; if they do not line
+up with the text parse — never seen — every pred gets 0.0 and the error ``score_unaligned``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -28,7 +33,8 @@ from coordexp_swift.config import DEFAULT_USER_PROMPT
 from coordexp_swift.data.coordjson import to_swift_row
 from coordexp_swift.data.records import Record, iter_jsonl
 from coordexp_swift.rollout.backends import DecodeOptions, RolloutBackend
-from coordexp_swift.rollout.parse import DROP_REASONS, parse_text
+from coordexp_swift.eval.scores import token_prob_scores
+from coordexp_swift.rollout.parse import DROP_REASONS, parse_rollout, parse_text
 from coordexp_swift.rollout.seeds import RolloutSeeds, seed_base
 
 __all__ = ["generate_records", "load_eval_rows", "make_record"]
@@ -58,11 +64,21 @@ def load_eval_rows(
 
 
 def make_record(record: Record, text: str, *, object_field_order: str = "desc_first",
-                generation_truncated: bool = False) -> dict[str, Any]:
+                generation_truncated: bool = False,
+                scored: Sequence[tuple[tuple[int, ...], float]] | None = None) -> dict[str, Any]:
     """The §7.2 record of one image from its response ``text`` (parsed with :func:`parse_text`; an invalid
-    rollout gives no predictions). ``generation_truncated``: the response hit ``max_new_tokens``."""
+    rollout gives no predictions). ``generation_truncated``: the response hit ``max_new_tokens``. ``scored``:
+    ``(bins, score)`` per valid object from the token view (``score_mode: token_prob``); each pred gets its score
+    when the bins line up with the text parse, else 0.0 and the error ``score_unaligned``."""
     parsed = parse_text(text, object_field_order)
     errors: list[str] = []
+    pred = [{"desc": o["desc"], "bbox_2d": [int(v) for v in o["bbox_2d"]]} for o in parsed.objects]
+    if scored is not None:
+        aligned = [tuple(p["bbox_2d"]) for p in pred] == [tuple(b) for b, _ in scored]
+        if not aligned:
+            errors.append("score_unaligned")
+        for i, p in enumerate(pred):
+            p["score"] = float(scored[i][1]) if aligned else 0.0
     if parsed.invalid_rollout:
         errors.append("invalid_rollout")
     if generation_truncated:
@@ -77,7 +93,7 @@ def make_record(record: Record, text: str, *, object_field_order: str = "desc_fi
         "height": record.height,
         "coord_mode": "norm1000",
         "gt": [{"desc": o.desc, o.geometry: list(o.bins)} for o in record.objects],
-        "pred": [{"desc": o["desc"], "bbox_2d": [int(v) for v in o["bbox_2d"]]} for o in parsed.objects],
+        "pred": pred,
         "errors": errors,
         "parse": {"invalid_rollout": parsed.invalid_rollout, "truncated_record": parsed.truncated,
                   "max_new_tokens": generation_truncated, "drop_counts": dict(parsed.drop_counts)},
@@ -103,6 +119,7 @@ def generate_records(
     progress: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
     template_type: str = "qwen3_vl",
+    score_mode: str = "constant",
 ) -> list[dict[str, Any]]:
     """Generate a response for every record of ``jsonl`` and return (and write) the §7.2 records.
 
@@ -118,7 +135,13 @@ def generate_records(
         progress: show a tqdm progress bar over samples.
         template_type: the run's ms-swift ``template`` (``qwen3_vl``; ``qwen3_vl_compact`` for the compact tiny
             model); a ``template_type`` in ``model_kwargs`` wins.
+        score_mode: ``constant`` (preds carry no score → 1.0 in the evaluator) or ``token_prob`` (each pred gets
+            the geometric mean of its desc and coord token probabilities, :mod:`coordexp_swift.eval.scores`).
     """
+    from coordexp_swift.eval.scores import SCORE_MODES
+
+    if score_mode not in SCORE_MODES:
+        raise ValueError(f"score_mode {score_mode!r} is not one of {list(SCORE_MODES)}")
     pairs = load_eval_rows(jsonl, user_prompt=user_prompt, system_prompt=system_prompt,
                            object_field_order=object_field_order, limit=limit)
     decode = decode or DecodeOptions(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -129,6 +152,12 @@ def generate_records(
 
         backend = HFRolloutBackend.from_pretrained(model_dir, **{"template_type": template_type,
                                                                  **dict(model_kwargs or {})})
+    vocab = None
+    if score_mode == "token_prob":
+        from coordexp_swift.coord.vocab import VocabView
+
+        decode = dataclasses.replace(decode, logprobs=True)
+        vocab = VocabView.from_tokenizer(backend.tokenizer)
     out_fh = None
     if out_jsonl is not None:
         Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +176,15 @@ def generate_records(
                     raise RuntimeError(f"backend {getattr(backend, 'name', backend)!r} returned {len(outs)} "
                                        f"outputs for {len(chunk)} samples")
                 for (rec, _), out in zip(chunk, outs):
+                    scored = None
+                    if vocab is not None:
+                        if out.token_logprobs is None:
+                            raise RuntimeError(f"backend {getattr(backend, 'name', backend)!r} returned no "
+                                               "token_logprobs although DecodeOptions.logprobs was set")
+                        tok = parse_rollout(out.response_ids, vocab, object_field_order=object_field_order)
+                        scored = list(zip((o.bins for o in tok.objects), token_prob_scores(tok, out.token_logprobs)))
                     r = make_record(rec, out.text, object_field_order=object_field_order,
-                                    generation_truncated=out.truncated)
+                                    generation_truncated=out.truncated, scored=scored)
                     records.append(r)
                     if out_fh is not None:
                         out_fh.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -55,6 +55,7 @@ class DecodeOptions:
     ``mode`` [decode_mode] ``greedy`` (``num_beams`` 1) or ``beam`` (best beam only, ``num_beams`` ≥ 2);
     ``max_new_tokens`` ≥ 1; ``batch_size`` [decode_batch_size] ≥ 1 prompts per left-padded batch;
     ``temperature`` ≥ 0 — sampling iff ``> 0``; ``top_p`` in (0, 1] (1 = off); ``top_k`` -1 (off) or ≥ 1.
+    ``logprobs``: also return :attr:`RolloutOutput.token_logprobs` (not with ``beam``).
     """
 
     mode: Literal["greedy", "beam"] = "greedy"
@@ -64,6 +65,7 @@ class DecodeOptions:
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = -1
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         p = "rollout_matching"
@@ -83,6 +85,9 @@ class DecodeOptions:
             raise ValueError(f"{p}.decoding.top_p = {self.top_p}: must be in (0, 1]")
         if self.top_k != -1 and self.top_k < 1:
             raise ValueError(f"{p}.decoding.top_k = {self.top_k}: must be -1 (off) or >= 1")
+        if self.logprobs and self.mode == "beam":
+            raise ValueError(f"{p}.decode_mode = beam gives no per-token log-probs (eval_detection.score_mode: "
+                             "token_prob); use decode_mode: greedy")
 
     @property
     def do_sample(self) -> bool:
@@ -102,12 +107,17 @@ class DecodeOptions:
 
 @dataclass(frozen=True)
 class RolloutOutput:
-    """One response (see the module contract). ``truncated``: no ``<|im_end|>`` within ``max_new_tokens``."""
+    """One response (see the module contract). ``truncated``: no ``<|im_end|>`` within ``max_new_tokens``.
+
+    ``token_logprobs`` (only when ``DecodeOptions.logprobs``): ``[len(response_ids)]`` natural-log probability of
+    each response id under the model's next-token distribution at the step that produced it (softmax of the raw
+    logits, temperature 1, before any sampling warper); else None."""
 
     prompt_ids: tuple[int, ...]
     response_ids: tuple[int, ...]
     text: str
     truncated: bool
+    token_logprobs: tuple[float, ...] | None = None
 
 
 @runtime_checkable

@@ -11,6 +11,10 @@ Decoding: greedy (``do_sample=False, num_beams=1``), beam (``num_beams`` ≥ 2, 
 :meth:`HFRolloutBackend.generate` call with ``seeds.hf_seed() = seed_base + micro_idx``; greedy and beam touch no
 RNG. Every generation knob is set explicitly, so a checkpoint's own ``generation_config`` (e.g. a sampling default
 or a repetition penalty) never leaks into rollouts.
+
+``decode.logprobs``: a logits processor (:class:`_ChosenLogprobs`) keeps the step's ``log_softmax`` of the raw
+logits (HF applies custom processors before the sampling warpers, and no other processor is configured) and, at the
+next step, gathers the id that was chosen — O(batch) memory per step on the device, one host copy per batch.
 """
 from __future__ import annotations
 
@@ -58,6 +62,28 @@ def load_model_and_template(
                                            device_map=device_map, load_model=True)
     template = get_template(processor, template_type=template_type, max_pixels=max_pixels)
     return model, template
+
+
+class _ChosenLogprobs:
+    """HF logits processor: log-prob of each generated id under the raw next-token distribution. Call ``finish``
+    with the final sequences to get ``[B, n_generated]`` (float32, device of the logits)."""
+
+    def __init__(self) -> None:
+        self._prev: torch.Tensor | None = None
+        self._out: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._prev is not None:  # input_ids[:, -1] is the id chosen from the previous step's distribution
+            self._out.append(self._prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self._prev = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, seqs: torch.Tensor) -> torch.Tensor:
+        if self._prev is not None:
+            self._out.append(self._prev.gather(1, seqs[:, -1:]).squeeze(1))
+        self._prev = None
+        out, self._out = self._out, []
+        return torch.stack(out, dim=1) if out else seqs.new_zeros((seqs.shape[0], 0), dtype=torch.float32)
 
 
 class HFRolloutBackend:
@@ -128,9 +154,16 @@ class HFRolloutBackend:
                 batch = {k: v.to(device) for k, v in collate_left(chunk, self.encoder.pad_id).items()}
                 if "pixel_values" in batch:
                     batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
-                seqs = self.model.generate(**batch, generation_config=cfg)
+                extra: dict[str, Any] = {}
+                if decode.logprobs:
+                    from transformers import LogitsProcessorList
+
+                    recorder = _ChosenLogprobs()
+                    extra["logits_processor"] = LogitsProcessorList([recorder])
+                seqs = self.model.generate(**batch, generation_config=cfg, **extra)
                 generated = seqs[:, batch["input_ids"].shape[1]:].tolist()
-                for prompt, row in zip(chunk, generated):
+                logprobs = recorder.finish(seqs).tolist() if decode.logprobs else [None] * len(chunk)
+                for prompt, row, lp in zip(chunk, generated, logprobs):
                     ids, truncated = finalize_response(row, im_end_id=self.encoder.im_end_id,
                                                        max_new_tokens=decode.max_new_tokens)
                     if truncated and len(ids) != decode.max_new_tokens:
@@ -138,5 +171,5 @@ class HFRolloutBackend:
                             f"HF generate stopped after {len(ids)} tokens without <|im_end|> although "
                             f"max_new_tokens = {decode.max_new_tokens}; another stopping criterion is active")
                     outputs.append(RolloutOutput(prompt.input_ids, ids, decode_text(self.tokenizer, ids),
-                                                 truncated))
+                                                 truncated, None if lp is None else tuple(lp[:len(ids)])))
         return outputs

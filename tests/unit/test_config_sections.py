@@ -268,7 +268,7 @@ def test_rollout_matching_coord_decode_mode_typed() -> None:
     ({"eval_detection": {"metrics": "lvis"}},
      "rollout_matching.eval_detection.metrics: invalid value 'lvis'; accepted values: 'coco'"),
     ({"eval_detection": {"score_mode": "logprob"}},
-     "rollout_matching.eval_detection.score_mode: invalid value 'logprob'; accepted values: 'constant'"),
+     "rollout_matching.eval_detection.score_mode: invalid value 'logprob'; accepted values: 'constant', 'token_prob'"),
     ({"eval_detection": {"iou_thrs": [0.5, 1.0]}},
      "rollout_matching.eval_detection.iou_thrs[1] = 1.0: must be > 0 and < 1"),
     ({"eval_detection": {"iou_thrs": []}}, "rollout_matching.eval_detection.iou_thrs: must be null"),
