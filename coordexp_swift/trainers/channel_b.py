@@ -30,6 +30,7 @@ Logits convention: ``logits[b, t]`` predicts the token at ``t + 1``; meta positi
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -241,13 +242,12 @@ class ChannelB:
     ``rm``: the ``rollout_matching`` config; ``template``: the training ms-swift template; ``objective``: the run's
     :class:`ObjectivePipeline`; ``training_seed``: ``TrainingArguments.seed``; ``world_size`` / ``rank`` /
     ``per_device_bs``: for request seeds (vLLM). The backend is built lazily on the first rollout (the unwrapped
-    model: DDP/DeepSpeed wrappers have no ``generate``).
+    model: DDP/DeepSpeed wrappers have no ``generate``); ``rollout_backend: vllm`` without the package fails here.
     """
 
     def __init__(self, *, rm: Any, template: Any, vocab: VocabView, objective: ObjectivePipeline, packed: bool,
                  pad_id: int, max_length: Optional[int], object_field_order: str, training_seed: int,
-                 world_size: int = 1, rank: int = 0, per_device_bs: Optional[int] = None,
-                 vllm_config: Any = None) -> None:
+                 world_size: int = 1, rank: int = 0, per_device_bs: Optional[int] = None) -> None:
         self.rm = rm
         self.template = template
         self.vocab = vocab
@@ -262,7 +262,9 @@ class ChannelB:
         self.eval_decode = DecodeOptions.from_config(rm, greedy=True)
         self._backend = None
         self._backend_model = None
-        self._vllm_config = vllm_config
+        if rm.rollout_backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ImportError("rollout_matching.rollout_backend = 'vllm' needs the `vllm` package, which is not "
+                              "importable; install it (GPU machines) or use rollout_backend: hf")
 
     @classmethod
     def from_trainer(cls, trainer: Any, cfg: Any, objective: ObjectivePipeline, vocab: VocabView, *,

@@ -287,3 +287,45 @@ def test_drop_multiplier_scales_struct_only(compact):
     assert set(w1[w1 > 0][ratio == 1.0].tolist()) >= {0.5}
     assert set(w1[w1 > 0][ratio == 2.0].tolist()) == {1.0}
     assert (w2 == 0).equal(w1 == 0)  # FP / dropped / opener positions stay at 0
+
+
+def test_both_trainers_share_channel_b_and_eval():
+    """issue 10 item 2 / seed 002 6B.4: the plugin registry maps ``stage2_rollout_aligned`` to its trainer; both
+    Stage-2 trainers get ``evaluate`` from the one ``RolloutEvalMixin`` and build the one ``ChannelB`` (no copy of
+    the step in either trainer module); neither trainer module imports COCO code."""
+    import importlib
+    import inspect
+
+    from coordexp_swift.plugin import resolve_trainer_cls
+    from coordexp_swift.trainers.rollout_eval import RolloutEvalMixin
+
+    classes = []
+    for variant in ("stage2_two_channel", "stage2_rollout_aligned"):
+        mod, _, name = resolve_trainer_cls(variant).rpartition(".")
+        module = importlib.import_module(mod)
+        cls = getattr(module, name)
+        classes.append(cls)
+        assert cls.evaluate is RolloutEvalMixin.evaluate
+        src = inspect.getsource(module)
+        assert "ChannelB.from_trainer(" in src
+        assert "parse_rollout" not in src and "match_predictions" not in src and "pycocotools" not in src
+        assert "COCOeval" not in src
+    assert classes[0] is not classes[1]
+
+
+def test_vllm_backend_missing_fails_at_init(compact):
+    """SPEC §3.6 B0: ``rollout_backend: vllm`` without the package fails when the Channel-B object is built (trainer
+    init), naming the fix — not at the first B step."""
+    import importlib.util
+
+    from coordexp_swift.trainers.channel_b import ChannelB
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    _, vocab = compact
+    cfg = load_coordexp_config({"custom": {"trainer_variant": "stage2_rollout_aligned"},
+                                "rollout_matching": {"rollout_backend": "vllm"}})
+    pipe = ObjectivePipeline(resolve_pipeline(cfg), settings_from_config(cfg))
+    with pytest.raises(ImportError, match="vllm.*rollout_backend: hf"):
+        ChannelB(rm=cfg.rollout_matching, template=None, vocab=vocab, objective=pipe, packed=False, pad_id=0,
+                 max_length=None, object_field_order="desc_first", training_seed=0)
