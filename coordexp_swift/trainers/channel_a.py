@@ -153,12 +153,21 @@ def build_channel_a_inputs(model: torch.nn.Module, pairs: Sequence[tuple[Rollout
                           position_ids=positions.to(device, non_blocking=True))
 
 
+def input_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    """The input-embedding module of ``model``, through DDP / DeepSpeed wrappers (``.module``); the forwards still
+    go through the wrapper (gradient synchronisation)."""
+    inner = model
+    while not hasattr(inner, "get_input_embeddings") and hasattr(inner, "module"):
+        inner = inner.module
+    return inner.get_input_embeddings()
+
+
 # --- Channel-A forwards ---------------------------------------------------------------------------------------
 def channel_a_forwards(model: torch.nn.Module, a: ChannelAInputs, *, n_iter: int, grad_mode: str = "em_detach",
                        embed_mode: str = "st", temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """SPEC §3.4 steps 2-5: ``{"gt": z⁰}`` (n = 1) or ``{"gt": z⁰, "self_context": z^{n−1}}``, each ``[B, T, V]``.
 
-    A1: ``input_ids`` forward with grad. Iteration m = 1..n−1: ``E⁰ = model.get_input_embeddings()(input_ids)``
+    A1: ``input_ids`` forward with grad. Iteration m = 1..n−1: ``E⁰ = input_embeddings(model)(input_ids)``
     (a fresh module call), ``E_c = embed(coord_ids)`` (module call), slot rows from ``z^{m−1}`` at p − 1 (coord
     slice, ``P = softmax(s/τ_A)``, detached iff ``em_detach``) built per ``embed_mode`` (``st.embed``) and scattered
     only at the coord-slot rows p; every other row (image placeholders included) stays bitwise ``E⁰``; forward with
@@ -174,7 +183,7 @@ def channel_a_forwards(model: torch.nn.Module, a: ChannelAInputs, *, n_iter: int
     out = {"gt": z}
     if n_iter == 1:
         return out
-    embed = model.get_input_embeddings()
+    embed = input_embeddings(model)
     coord_ids = batch.coord_ids
     pred_rows = batch.group_flat          # [4G] logits rows p − 1 of the box-group slots (group order)
     slot_rows = pred_rows + 1             # [4G] the slots' own input rows p
