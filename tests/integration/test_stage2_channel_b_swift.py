@@ -175,3 +175,57 @@ def test_mixed_and_rollout_aligned_with_eval(compact_model, fixed_gt_data, tmp_p
         evals[name] = {k: v for k, v in ev[-1].items() if k in EVAL_KEYS}
     assert set(evals["mixed"]) == set(evals["aligned"]) == set(EVAL_KEYS)
     assert evals["mixed"] == evals["aligned"]
+
+
+INVALID = "no JSON here<|im_end|>"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+NODESC = ('{"objects": [{"desc": "", "bbox_2d": [' + box((5, 5, 50, 50)) + ']}, {"desc": "red square", "bbox_2d": ['
+          + box(GT[0][1]) + "]}]}<|im_end|>")
+
+
+def test_two_process_disjoint_keys(compact_model, fixed_gt_data, tmp_path):
+    """seed 002 7.2 / issue 10 item 5 / SPEC §8.3: ``NPROC_PER_NODE=2 ... use_cpu: true`` (gloo) run of
+    ``smoke_mixed.yaml`` (A then B) where rank 0's rollouts drop a ``poly`` record and rank 1 has one invalid
+    rollout and one ``missing_desc`` drop (disjoint drop-reason keys): no hang, both ranks log the same reduced
+    dict on every step, and the counters are the sums over ranks (hand-computed: rank 0 = 2 × [1 matched, 1 FP,
+    1 FN, poly]; rank 1 = [invalid: 2 FN] + [missing_desc, 1 matched (exact GT 0), 1 FN])."""
+    out, logs = tmp_path / "out", tmp_path / "ranklogs"
+    logs.mkdir()
+    cfg = _config("configs/stage2_two_channel/smoke_mixed.yaml", compact_model, fixed_gt_data, out, max_steps=2,
+                  use_cpu=True, rollout_matching={"max_new_tokens": 96})
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    proc = run_swift_sft(cfg, workdir, timeout=1500, extra_env={
+        "NPROC_PER_NODE": "2", "MASTER_PORT": str(_free_port()), "COORDEXP_TEST_LOG_DIR": str(logs),
+        "COORDEXP_TEST_FORCED_ROLLOUT_BY_RANK": json.dumps({"0": [FORCED, FORCED], "1": [INVALID, NODESC]})})
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-6000:])
+    r0 = [json.loads(x) for x in (logs / "rank0.jsonl").read_text().splitlines()]
+    r1 = [json.loads(x) for x in (logs / "rank1.jsonl").read_text().splitlines()]
+    assert len(r0) == len(r1) >= 2
+    for a, b in zip(r0, r1):
+        assert set(a) == set(b)
+        for k in a:  # time/* are reduced means of both ranks: equal too
+            assert a[k] == (b[k] if isinstance(b[k], str) else pytest.approx(b[k], rel=1e-9, abs=1e-12)), k
+    b_step = [r for r in r0 if "stage2/raw_rollouts_total" in r]
+    assert len(b_step) == 1
+    b = b_step[0]
+    expect = {"stage2/raw_rollouts_total": 4, "rollout/gt_objects_total": 8, "rollout/valid_pred_objects_total": 5,
+              "rollout/matched_total": 3, "rollout/fp_total": 2, "rollout/fn_total": 5,
+              "rollout/fn_appended_total": 5, "rollout/invalid_rollout_total": 1, "rollout/drop_invalid_total": 3,
+              "rollout/drop/poly_total": 2, "rollout/drop/missing_desc_total": 1, "rollout/truncated_total": 0,
+              "rollout/precision": 3 / 5, "rollout/recall": 3 / 8}
+    for k, v in expect.items():
+        assert b[k] == pytest.approx(v), k
+    assert b["rollout/fn_appended_per_sample_mean"] == pytest.approx((1 + 1 + 2 + 1) / 4)
+    a_step = [r for r in r0 if "loss/struct_ce/self_context" in r]
+    assert a_step and not any(k.startswith("rollout/") for k in a_step[0])
+    steps = step_records(out)
+    assert len(steps) == 2 and steps[1]["rollout/drop/missing_desc_total"] == 1
