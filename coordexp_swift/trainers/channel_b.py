@@ -53,7 +53,7 @@ from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, PipelineR
 from coordexp_swift.trainers.channel_a import encode_gt_targets
 from coordexp_swift.trainers.forwards import forward, pack_segments, positions_for
 
-__all__ = ["BStepOutput", "ChannelB", "GTRow", "rollout_metrics", "rollout_prompts", "rollout_targets"]
+__all__ = ["BStepOutput", "ChannelB", "GTRow", "audit_b_step", "rollout_metrics", "rollout_prompts", "rollout_targets"]
 
 logger = logging.getLogger("swift.coordexp_swift")
 
@@ -329,3 +329,108 @@ class ChannelB:
                         "time/forward_s": t3 - t2, "packing/fill_ratio_mean": b.fill_ratio,
                         "packing/segments_total": float(len(targets))})
         return BStepOutput(result.total, metrics, b.batch.num_segments, logits, targets, outs, result)
+
+
+# --- the Channel-B half of `coordexp-swift audit-tensor-flow` (issue 10 item 4) -------------------------------------
+def _record_calls(inner: torch.nn.Module):
+    """Wrap ``inner.forward`` / ``inner.generate`` to record the training forwards (outside ``generate``) and the
+    generate inputs; returns ``(records, restore)``."""
+    import functools
+
+    rec: dict[str, list] = {"fwd": [], "gen": []}
+    in_gen = [False]
+    had = {name: name in vars(inner) for name in ("forward", "generate")}
+    orig_fwd, orig_gen = inner.forward, inner.generate
+
+    @functools.wraps(orig_fwd)  # generate validates its kwargs against the forward signature
+    def fwd(*a, **k):
+        out = orig_fwd(*a, **k)
+        if not in_gen[0]:
+            rec["fwd"].append({"kwargs": k, "grad": torch.is_grad_enabled(), "cache": getattr(out, "past_key_values",
+                                                                                           None)})
+        return out
+
+    def gen(*a, **k):
+        rec["gen"].append({"input_ids": k["input_ids"].detach().cpu(),
+                           "attention_mask": k["attention_mask"].detach().cpu(), "grad": torch.is_grad_enabled(),
+                           "training": inner.training})
+        in_gen[0] = True
+        try:
+            return orig_gen(*a, **k)
+        finally:
+            in_gen[0] = False
+
+    inner.forward, inner.generate = fwd, gen
+
+    def restore():
+        for name, orig in (("forward", orig_fwd), ("generate", orig_gen)):
+            if had[name]:
+                setattr(inner, name, orig)
+            else:
+                delattr(inner, name)
+
+    return rec, restore
+
+
+def audit_b_step(cb: ChannelB, model: torch.nn.Module, rows: Sequence[Mapping[str, Any]], *,
+                 step: int = 0) -> dict[str, Any]:
+    """Run one real B step on ``rows`` with recording hooks and check the Channel-B invariants (SPEC §3.3, §3.6 B4,
+    §4.3): ``one_forward`` (exactly one training forward, with ``input_ids``, grad on), ``forward_cache_free``
+    (``use_cache=False``, no ``past_key_values`` in or out), ``rollout_no_grad_eval`` (every generate call under
+    no_grad in eval mode; train mode restored after), ``prompt_ids_equal`` (each generate row's unpadded prompt =
+    the teacher-forced segment's first ``prompt_len`` ids), ``supervised_in_assistant_span`` (every position with a
+    CE weight > 0 or in a box group lies in ``[prompt_len, prompt_len + train_len)``), ``fp_weight_zero`` (every
+    prefix position outside the matched records has CE weight 0 and no box group). Returns ``{check: bool, ...,
+    "failed": [names], "counts": {...}}``; the caller decides whether to raise."""
+    from coordexp_swift.teacher_forcing.batch import build_layout, ce_weights
+
+    inner = _unwrap(model)
+    was_training = inner.training
+    rec, restore = _record_calls(inner)
+    try:
+        out = cb.step(model, rows, step=step)
+    finally:
+        restore()
+    checks: dict[str, bool] = {}
+    checks["one_forward"] = len(rec["fwd"]) == 1 and rec["fwd"][0]["grad"] \
+        and rec["fwd"][0]["kwargs"].get("input_ids") is not None \
+        and rec["fwd"][0]["kwargs"].get("inputs_embeds") is None
+    checks["forward_cache_free"] = all(f["kwargs"].get("use_cache") is False
+                                       and f["kwargs"].get("past_key_values") is None and f["cache"] is None
+                                       for f in rec["fwd"])
+    checks["rollout_no_grad_eval"] = bool(rec["gen"]) and all(not g["grad"] and not g["training"] for g in rec["gen"]) \
+        and inner.training == was_training
+    gen_prompts = [ids[mask.bool()].tolist() for g in rec["gen"] for ids, mask in zip(g["input_ids"],
+                                                                                       g["attention_mask"])]
+    ids = rec["fwd"][0]["kwargs"]["input_ids"].detach().cpu() if rec["fwd"] else None
+    metas = [t.meta for t in out.targets]
+    lens = [int(m.encoded_len) for m in metas]
+    packed = ids is not None and ids.shape[0] == 1 and len(metas) > 1
+    offsets = list(np.cumsum([0] + lens[:-1])) if packed else [0] * len(metas)
+    prompt_ok = ids is not None and len(gen_prompts) == len(metas)
+    for i, (m, off) in enumerate(zip(metas, offsets)):
+        if not prompt_ok:
+            break
+        row = ids[0 if packed else i]
+        prompt_ok = row[off: off + int(m.prompt_len)].tolist() == gen_prompts[i]
+    checks["prompt_ids_equal"] = bool(prompt_ok)
+    width = sum(lens) if packed else max(lens)
+    layout = build_layout(tuple(metas), packed, (1 if packed else len(metas), width))
+    w, _ = ce_weights(layout, "rollout", cb.objective.ce_table)
+    span_ok, fp_ok, n_fp = True, True, 0
+    for i, (m, off) in enumerate(zip(metas, offsets)):
+        r = 0 if packed else i
+        lo, hi = int(m.prompt_len), int(m.prompt_len) + int(m.train_len)
+        seg_w = w[r, off: off + int(m.encoded_len)]
+        sup = torch.nonzero(seg_w > 0).flatten().tolist()
+        groups = [int(p) for g in (m.bbox_groups_prefix.pos, m.bbox_groups_fn.pos) for p in g.flatten().tolist()]
+        span_ok &= all(lo <= p < hi for p in sup + groups)
+        matched = set(int(p) for p in m.prefix_matched_pos.tolist())
+        fp = [p for p in range(lo, lo + int(m.prefix_len)) if p not in matched]
+        n_fp += len(fp)
+        fp_ok &= all(float(seg_w[p]) == 0.0 for p in fp) and not (set(fp) & set(groups))
+    checks["supervised_in_assistant_span"] = bool(span_ok)
+    checks["fp_weight_zero"] = bool(fp_ok)
+    return {**checks, "failed": [k for k, v in checks.items() if not v],
+            "counts": {"segments": len(metas), "generate_calls": len(rec["gen"]), "fp_positions": n_fp,
+                       "packed": bool(packed), **{k: v for k, v in out.metrics.items() if k.endswith("_total")}}}

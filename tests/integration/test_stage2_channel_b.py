@@ -152,3 +152,36 @@ def test_eval_step_forced_failure_logs_zero(tiny, caplog, monkeypatch):
     assert bad["rollout/mAP"] == 0.0
     assert "KeyError" in caplog.text and "rollout/mAP failed" in caplog.text
     assert {k: v for k, v in bad.items() if k != "rollout/mAP"} == {k: v for k, v in ok.items() if k != "rollout/mAP"}
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_audit_b_step_invariants(tiny, monkeypatch, packed):
+    """issue 10 item 4 / seed 001 2.3 (B half): ``audit_b_step`` runs one real B step with rollouts forced (a
+    generation-only logits processor) to a matched + FP + poly answer and reports every Channel-B invariant true —
+    prompt ids of the teacher-forced forward = generation prompt ids, supervised indices inside the assistant span,
+    FP positions weight 0 (and there are FP positions), one cache-free forward, no-grad eval-mode rollouts."""
+    from transformers import LogitsProcessorList
+    from transformers.generation.utils import GenerationMixin
+
+    from tests.integration.force_rollout_plugin import ForceText
+    from tests.integration.test_stage2_channel_b_swift import FORCED
+
+    from coordexp_swift.trainers.channel_b import audit_b_step
+
+    model, template, _, encoded, _, cb = tiny
+    ids = template.tokenizer.encode(FORCED, add_special_tokens=False)
+    orig = GenerationMixin.generate
+
+    def forced(self, *a, **k):
+        return orig(self, *a, logits_processor=LogitsProcessorList([ForceText([ids])]), **k)
+
+    monkeypatch.setattr(GenerationMixin, "generate", forced)
+    monkeypatch.setattr(cb, "decode", __import__("dataclasses").replace(cb.decode, max_new_tokens=len(ids) + 2))
+    cb.packed = packed
+    try:
+        rep = audit_b_step(cb, model, encoded, step=1)
+    finally:
+        cb.packed = False
+    assert rep["failed"] == [], rep
+    assert rep["counts"]["fp_positions"] > 20 and rep["counts"]["packed"] is packed
+    assert rep["counts"]["rollout/drop/poly_total"] == 2 and rep["counts"]["generate_calls"] == 2
