@@ -10,6 +10,7 @@ training forward and its logits are untouched. ``COORDEXP_TEST_LOG_DIR``: every 
 ``StepMetrics.logs`` dict to ``rank<RANK>.jsonl`` there (to compare what the ranks log).
 ``COORDEXP_TEST_FAIL_MAP_CALLS=N``: the first N calls of the
 shared ``evaluate_records`` raise ``ZeroDivisionError`` (the forced eval failure of seed 002 6B.3).
+``COORDEXP_TEST_FAIL_B_STEP=1``: every Channel-B step raises ``RuntimeError`` (a failing B step must stop the run).
 """
 from __future__ import annotations
 
@@ -92,3 +93,11 @@ if _LOG_DIR:
         return out
 
     StepMetrics.logs = logs
+
+if os.environ.get("COORDEXP_TEST_FAIL_B_STEP"):
+    from coordexp_swift.trainers.channel_b import ChannelB
+
+    def _failing_step(self, *args, **kwargs):
+        raise RuntimeError("forced Channel-B failure (test plugin)")
+
+    ChannelB.step = _failing_step

@@ -229,3 +229,17 @@ def test_two_process_disjoint_keys(compact_model, fixed_gt_data, tmp_path):
     assert a_step and not any(k.startswith("rollout/") for k in a_step[0])
     steps = step_records(out)
     assert len(steps) == 2 and steps[1]["rollout/drop/missing_desc_total"] == 1
+
+
+def test_failing_b_step_raises_never_reroutes(compact_model, fixed_gt_data, tmp_path):
+    """seed 001 1.2 / SPEC §3.2, §3.6: with every Channel-B step forced to raise, ``smoke_mixed.yaml`` runs step 0
+    as A (logged) and stops at step 1 (the first B step) with the error; the step is never rerouted to A."""
+    out = tmp_path / "out"
+    cfg = _config("configs/stage2_two_channel/smoke_mixed.yaml", compact_model, fixed_gt_data, out, max_steps=3)
+    (tmp_path / "w").mkdir()
+    proc = run_swift_sft(cfg, tmp_path / "w", timeout=1500,
+                         extra_env={"COORDEXP_TEST_FORCED_ROLLOUT": FORCED, "COORDEXP_TEST_FAIL_B_STEP": "1"})
+    assert proc.returncode != 0
+    assert "forced Channel-B failure" in proc.stdout + proc.stderr
+    steps = step_records(out)
+    assert len(steps) == 1 and steps[0]["stage2/b_ratio_realized"] == 0.0 and "loss/struct_ce/self_context" in steps[0]
