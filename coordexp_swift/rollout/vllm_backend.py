@@ -1,12 +1,48 @@
-"""vLLM rollout backend (SPEC §3.6 B0): colocated ``vllm.LLM``, per-request seeds, greedy / sampling.
+"""vLLM rollout backend (SPEC §3.6 B0) on ms-swift's colocated vLLM machinery — nothing of it is re-implemented.
 
 Registered as ``rollout_matching.rollout_backend: vllm`` in :data:`coordexp_swift.rollout.backends.BACKENDS`; the
-response contract is the one in :mod:`coordexp_swift.rollout.backends`. Importing this module does not import
-``vllm`` (it is imported when the backend is constructed; GPU only, the optional ``vllm`` extra).
+response contract is the one in :mod:`coordexp_swift.rollout.backends`. Importing this module imports neither
+``vllm`` nor ms-swift's vLLM code (both load when the backend is constructed; GPU only, the optional ``vllm`` extra).
+
+What ms-swift does here (its GRPO colocate path, ``swift.rlhf_trainers.rollout_mixin.RolloutTrainerMixin``):
+
+* **engine**: ``swift.infer_engine.GRPOVllmEngine`` built with the kwargs of ``_prepare_vllm_engine``
+  (``distributed_executor_backend='external_launcher'`` under torch.distributed, so every training rank owns an
+  in-process engine; ``use_async_engine=False``; the training template copied with ``padding_free`` off);
+  ``logprobs_mode='raw_logprobs'`` so ``token_logprobs`` are the model's T=1 log-probs, as in the HF backend.
+* **requests**: ``engine.infer([InferRequest(messages, images)], RequestConfig(...))`` — ms-swift encodes with the
+  template in ``vllm`` mode and gives request ``i`` of a call the seed ``RequestConfig.seed + i``.
+* **weight sync**: ``RolloutTrainerMixin._move_model_to_vllm`` run on a small state object
+  (:class:`_SwiftVllmSync`): full weights batch-wise (ZeRO-3 partitions gathered with ``GatheredParameters``), PEFT
+  LoRA merged/unmerged around the copy (or the adapter moved when the engine has LoRA on), ``process_weights_after_
+  loading``, then the prefix/encoder caches reset.
+
+Contracts this module adds (SPEC §3.6 B0):
+
+* **Seeds**: request ``j`` of a call gets ``seeds.request_seeds(n)[j]`` = ``norm(seed_base + i)``,
+  ``i = (micro_idx·world_size + rank)·per_device_bs + j``. Runs of consecutive seeds go to ms-swift in one
+  ``infer`` call with ``seed`` = the run's first seed (ms-swift adds ``j``); the 31-bit wrap (``norm``) starts a new
+  run, so every request gets exactly its SPEC seed. Greedy (``temperature 0``) never reads a seed.
+* **Prompt ids**: before a request is sent, its ``vllm``-mode encoding (one ``<|image_pad|>`` per image, vLLM
+  expands it) is checked against the training encoding (:class:`~coordexp_swift.rollout.prompts.PromptEncoder`,
+  image pads expanded) with every run of image pads collapsed to one: RuntimeError naming the sample if the text
+  ids differ or the training prompt's image-pad count is not the one the grid gives. ``RolloutOutput.prompt_ids``
+  is the training encoding.
+* **Stop**: response = generated ids through the first ``<|im_end|>`` (appended when vLLM reports
+  ``finish_reason == 'stop'`` without returning the stop id) or the first ``max_new_tokens`` ids (``truncated``).
+* **Order**: outputs in input order whatever order the engine finishes requests in.
+* **Weight sync** — ``sync_weights(step)``: the Channel-B code calls it before the first rollout of every optimizer
+  step ``step`` whose rollouts must see the current weights (the engine starts from the checkpoint on disk, so a
+  run's first B step needs it too). Idempotent per step: a second call with the same ``step`` (gradient
+  accumulation micro-steps, the eval step) copies nothing. Every rank must call it (ZeRO-3 gathers are
+  collectives). ``force=True`` syncs again (e.g. after loading a checkpoint).
+* ``decode_mode: beam`` is not offered by this backend (``ValueError``); ``EncodedPrompt`` inputs neither (vLLM
+  takes the raw images: pass ms-swift rows).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from copy import copy
 from typing import Any
 
 from coordexp_swift.rollout.backends import (
@@ -19,108 +55,199 @@ from coordexp_swift.rollout.backends import (
 from coordexp_swift.rollout.prompts import EncodedPrompt, PromptEncoder, prompt_messages, template_mode
 from coordexp_swift.rollout.seeds import RolloutSeeds
 
-__all__ = ["VllmRolloutBackend"]
+__all__ = ["VllmRolloutBackend", "collapse_runs", "seed_runs"]
+
+IMAGE_PAD = "<|image_pad|>"
+
+
+def seed_runs(seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` index ranges of ``seeds`` where each seed is the previous one + 1 (one ms-swift ``infer``
+    call each: it gives request ``j`` of a call ``seed + j``)."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for j in range(1, len(seeds) + 1):
+        if j == len(seeds) or seeds[j] != seeds[j - 1] + 1:
+            runs.append((start, j))
+            start = j
+    return runs
+
+
+def collapse_runs(ids: Sequence[int], token_id: int) -> tuple[tuple[int, ...], list[int]]:
+    """``ids`` with every run of ``token_id`` collapsed to one, and the run lengths in order."""
+    out: list[int] = []
+    runs: list[int] = []
+    for t in ids:
+        t = int(t)
+        if t == token_id and out and out[-1] == token_id:
+            runs[-1] += 1
+            continue
+        if t == token_id:
+            runs.append(1)
+        out.append(t)
+    return tuple(out), runs
+
+
+class _SwiftVllmSync:
+    """State object on which ms-swift's ``RolloutTrainerMixin`` weight-sync methods run unchanged (colocate mode,
+    no FSDP2, whole model in one parameter group). Built lazily: importing ms-swift's rollout mixin needs vLLM."""
+
+    @staticmethod
+    def build(model: Any, engine: Any, accelerator: Any = None) -> Any:
+        from types import SimpleNamespace
+
+        from swift.rlhf_trainers.rollout_mixin import RolloutTrainerMixin
+
+        class Sync(RolloutTrainerMixin):
+            def __init__(self) -> None:  # ms-swift's trainer __init__ is not run: only the sync state is set
+                pass
+
+        s = Sync()
+        s.model = model
+        s.engine = engine
+        s.vllm_mode = "colocate"
+        s._is_fsdp2 = False
+        s.rollout_enable_lora = False
+        s.base_sync_done = False
+        s.parameter_groups, s.parameter_groups_no_lora = [None], [None]
+        s.args = SimpleNamespace(async_generate=False, tuner_type="lora" if hasattr(model, "peft_config") else "full",
+                                 sleep_level=0, report_to=[])
+        if accelerator is None:  # no trainer: one process, no DeepSpeed
+            accelerator = SimpleNamespace(device=next(model.parameters()).device, unwrap_model=lambda m: m,
+                                          is_main_process=True, state=SimpleNamespace(deepspeed_plugin=None))
+        s.accelerator = accelerator
+        return s
 
 
 class VllmRolloutBackend:
-    """Colocated vLLM rollouts with per-request seeds (SPEC §3.6 B0).
+    """Colocated vLLM rollouts through ms-swift's engine (module docstring has the contracts).
 
-    ``model``: the trained HF model (source of :meth:`sync_weights` and, unless ``model_dir`` is given, of the
-    checkpoint path the engine starts from). ``template``: the training ms-swift template; prompts are encoded in
-    its ``vllm`` mode (one ``<|image_pad|>`` per image, vLLM expands it with the same image processor).
-    ``vllm_config``: :class:`~coordexp_swift.config.VllmConfig`. ``llm``: an existing ``vllm.LLM`` to reuse.
-
-    Decoding: ``SamplingParams(temperature, top_p, top_k, max_tokens, seed=request_seed, stop_token_ids=[im_end],
-    ignore_eos=True)`` per request — only ``<|im_end|>`` stops, as in the HF backend. ``decode_mode: beam`` is not
-    offered by this backend (``ValueError``). Raises ``ImportError`` at construction when ``vllm`` is missing.
+    ``model``: the trained HF model (possibly PEFT-wrapped; source of :meth:`sync_weights`; its ``model_dir`` or
+    ``config._name_or_path`` is the checkpoint the engine starts from unless ``model_dir`` is given).
+    ``template``: the training ms-swift template. ``vllm_config``: :class:`~coordexp_swift.config.VllmConfig`.
+    ``engine``: an existing ``GRPOVllmEngine`` to reuse. ``accelerator``: the trainer's (ZeRO-3 detection, device).
+    Raises ``ImportError`` at construction when ``vllm`` is missing.
     """
 
     name = "vllm"
 
-    def __init__(self, model: Any, template: Any, *, vllm_config: Any = None, llm: Any = None,
-                 model_dir: str | None = None, seed: int = 0) -> None:
+    def __init__(self, model: Any, template: Any, *, vllm_config: Any = None, engine: Any = None,
+                 model_dir: str | None = None, seed: int | None = None, accelerator: Any = None) -> None:
         try:
-            import vllm
+            import vllm  # noqa: F401
         except ImportError as exc:
             raise ImportError(
                 "rollout_matching.rollout_backend = 'vllm' needs the `vllm` package, which is not importable "
                 f"({exc}); install it (pip install vllm, GPU only) or set rollout_matching.rollout_backend: hf"
             ) from exc
-        self._vllm = vllm
         self.model = model
+        self.template = template
         self.encoder = PromptEncoder(template)
         self.tokenizer = self.encoder.tokenizer
-        if llm is None:
-            path = model_dir or getattr(getattr(model, "config", None), "_name_or_path", None)
-            if not path:
-                raise ValueError("VllmRolloutBackend: cannot tell which checkpoint to start vLLM from; pass "
-                                 "model_dir=<checkpoint dir>")
-            kw: dict[str, Any] = {}
-            if vllm_config is not None:
-                kw = dict(gpu_memory_utilization=vllm_config.gpu_memory_utilization,
-                          tensor_parallel_size=vllm_config.tensor_parallel_size,
-                          enable_prefix_caching=vllm_config.enable_prefix_caching)
-                if vllm_config.max_model_len is not None:
-                    kw["max_model_len"] = vllm_config.max_model_len
-            llm = vllm.LLM(model=str(path), seed=seed, limit_mm_per_prompt={"image": 1}, **kw)
-        self.llm = llm
+        self.image_pad_id = int(self.tokenizer.convert_tokens_to_ids(IMAGE_PAD))
+        self.engine = engine if engine is not None else self._build_engine(model, template, vllm_config, model_dir,
+                                                                            seed)
+        self.accelerator = accelerator
+        self._sync = None
+        self.synced_step: int | None = None
+        self.sync_count = 0
 
-    def _request(self, sample: Sample) -> dict[str, Any]:
+    @staticmethod
+    def _build_engine(model: Any, template: Any, vllm_config: Any, model_dir: str | None, seed: int | None) -> Any:
+        """ms-swift's ``GRPOVllmEngine`` as its GRPO colocate mode builds it (``_prepare_vllm_engine``)."""
+        import torch
+        from swift.infer_engine.grpo_vllm_engine import GRPOVllmEngine
+
+        path = model_dir or getattr(model, "model_dir", None) or getattr(getattr(model, "config", None),
+                                                                          "_name_or_path", None)
+        if not path:
+            raise ValueError("VllmRolloutBackend: cannot tell which checkpoint to start vLLM from; pass "
+                             "model_dir=<checkpoint dir>")
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        tp = int(getattr(vllm_config, "tensor_parallel_size", 1) or 1)
+        rank = torch.distributed.get_rank() if dist else 0
+        vllm_template = copy(template)
+        vllm_template.padding_free = False
+        vllm_template.sequence_parallel_size = 1
+        kw: dict[str, Any] = dict(
+            torch_dtype=getattr(model, "dtype", None), use_async_engine=False, template=vllm_template,
+            limit_mm_per_prompt={"image": 1}, seed=rank // tp if seed is None else seed, tensor_parallel_size=tp,
+            distributed_executor_backend="external_launcher" if dist else None, logprobs_mode="raw_logprobs")
+        if vllm_config is not None:
+            kw.update(gpu_memory_utilization=vllm_config.gpu_memory_utilization,
+                      enable_prefix_caching=vllm_config.enable_prefix_caching,
+                      max_model_len=vllm_config.max_model_len)
+        return GRPOVllmEngine(str(path), **kw)
+
+    # --- prompts -------------------------------------------------------------------------------------------------
+    def _request(self, index: int, sample: Sample) -> tuple[Any, tuple[int, ...]]:
+        """(ms-swift ``InferRequest``, training prompt ids) of one row, after the prompt-id check."""
+        from swift.infer_engine import InferRequest
+
         if isinstance(sample, EncodedPrompt):
             raise ValueError("VllmRolloutBackend.generate takes ms-swift rows (messages + images), not "
                              "EncodedPrompt: vLLM needs the raw images")
-        inputs: dict[str, Any] = {"messages": prompt_messages(sample["messages"])}
-        if sample.get("images"):
-            inputs["images"] = list(sample["images"])
-        with template_mode(self.encoder.template, "vllm"):
-            enc = self.encoder.template.encode(inputs)
-        req: dict[str, Any] = {"prompt_token_ids": [int(i) for i in enc["input_ids"]]}
-        images = enc.get("images") or []
-        if images:
-            req["multi_modal_data"] = {"image": images[0] if len(images) == 1 else list(images)}
-        if enc.get("mm_processor_kwargs"):
-            req["mm_processor_kwargs"] = dict(enc["mm_processor_kwargs"])
-        return req
+        messages = prompt_messages(sample["messages"])
+        images = list(sample.get("images") or [])
+        train_ids = self.encoder.encode(sample).input_ids
+        with template_mode(self.template, "vllm"):
+            vllm_ids = self.template.encode({"messages": messages, **({"images": images} if images else {})})[
+                "input_ids"]
+        t_ids, t_runs = collapse_runs(train_ids, self.image_pad_id)
+        v_ids, v_runs = collapse_runs(vllm_ids, self.image_pad_id)
+        if t_ids != v_ids or len(t_runs) != len(images) or any(r != 1 for r in v_runs):
+            raise RuntimeError(f"sample {index}: the vLLM prompt ids differ from the training encoding (image pads "
+                               f"collapsed: {len(t_ids)} vs {len(v_ids)} ids, image runs {t_runs} vs {v_runs}); "
+                               "the rollout would not see the training prompt (SPEC §3.6 B4)")
+        return InferRequest(messages=messages, images=images), tuple(int(i) for i in train_ids)
 
+    # --- generation ----------------------------------------------------------------------------------------------
     def generate(self, samples: Sequence[Sample], *, decode: DecodeOptions,
                  seeds: RolloutSeeds) -> list[RolloutOutput]:
+        """One :class:`RolloutOutput` per sample, in input order (module contracts)."""
+        from swift.infer_engine import RequestConfig
+
         if decode.mode != "greedy":
             raise ValueError("rollout_matching.decode_mode = 'beam' is not supported with rollout_backend: vllm; "
                              "use decode_mode: greedy (optionally with decoding.temperature > 0) or the hf backend")
         if not samples:
             return []
-        requests = [self._request(s) for s in samples]
-        params = []
-        for s in seeds.request_seeds(len(samples)):
-            kw: dict[str, Any] = dict(n=1, max_tokens=decode.max_new_tokens, temperature=decode.temperature,
-                                      top_p=decode.top_p if decode.do_sample else 1.0, seed=s,
-                                      stop_token_ids=[self.encoder.im_end_id], ignore_eos=True,
-                                      skip_special_tokens=False)
-            if decode.do_sample and decode.top_k > 0:
-                kw["top_k"] = decode.top_k
-            params.append(self._vllm.SamplingParams(**kw))
-        results = self.llm.generate(requests, params, use_tqdm=False)
-        outs = []
-        for res in results:
-            comp = res.outputs[0]
-            ids = [int(i) for i in comp.token_ids]
-            if comp.finish_reason == "stop" and self.encoder.im_end_id not in ids:
-                ids.append(self.encoder.im_end_id)  # stop token reported by finish_reason only
-            resp, truncated = finalize_response(ids, im_end_id=self.encoder.im_end_id,
-                                                max_new_tokens=decode.max_new_tokens)
-            outs.append(RolloutOutput(tuple(int(i) for i in res.prompt_token_ids), resp,
-                                      decode_text(self.tokenizer, resp), truncated))
+        built = [self._request(i, s) for i, s in enumerate(samples)]
+        request_seeds = seeds.request_seeds(len(samples))
+        im_end = self.encoder.im_end_id
+        outs: list[RolloutOutput] = []
+        for a, b in seed_runs(request_seeds):
+            cfg = RequestConfig(max_tokens=decode.max_new_tokens, temperature=decode.temperature,
+                                top_p=decode.top_p if decode.do_sample else 1.0,
+                                top_k=decode.top_k if decode.do_sample else -1, min_p=0.0, repetition_penalty=1.0,
+                                seed=request_seeds[a], logprobs=decode.logprobs, return_details=True)
+            results = self.engine.infer([r for r, _ in built[a:b]], cfg, use_tqdm=False)
+            if len(results) != b - a:
+                raise RuntimeError(f"vLLM engine returned {len(results)} results for {b - a} requests")
+            for (_, prompt_ids), res in zip(built[a:b], results):
+                choice = res.response.choices[0]
+                ids = [int(i) for i in choice.token_ids]
+                lps = None
+                if decode.logprobs:
+                    lps = [float(c["logprob"]) for c in (choice.logprobs or {}).get("content", [])]
+                if choice.finish_reason == "stop" and im_end not in ids:
+                    ids.append(im_end)  # stop token reported by finish_reason only
+                    if lps is not None and len(lps) < len(ids):
+                        lps.append(0.0)
+                resp, truncated = finalize_response(ids, im_end_id=im_end, max_new_tokens=decode.max_new_tokens)
+                outs.append(RolloutOutput(prompt_ids, resp, decode_text(self.tokenizer, resp), truncated,
+                                          None if lps is None else tuple(lps[:len(resp)])))
         return outs
 
-    def sync_weights(self, model: Any | None = None) -> None:
-        """Full-weight sync: load every parameter of the HF ``model`` (default: the constructor's) into the
-        engine, then drop the prefix cache. Needs in-process vLLM workers (``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+    # --- weights -------------------------------------------------------------------------------------------------
+    def sync_weights(self, step: int | None = None, model: Any | None = None, *, force: bool = False) -> bool:
+        """Copy the trained weights into the engine through ms-swift's ``_move_model_to_vllm`` (module docstring:
+        contract). Returns True if weights were copied, False when ``step`` was already synced."""
+        if not force and step is not None and step == self.synced_step:
+            return False
         src = self.model if model is None else model
-        weights = [(n, p.detach()) for n, p in src.state_dict().items()]
-        if hasattr(self.llm, "apply_model"):
-            self.llm.apply_model(lambda m: m.load_weights(weights))
-        else:
-            engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-            engine_model.load_weights(weights)
-        if hasattr(self.llm, "reset_prefix_cache"):
-            self.llm.reset_prefix_cache()
+        if self._sync is None or self._sync.model is not src:
+            self._sync = _SwiftVllmSync.build(src, self.engine, self.accelerator)
+        self._sync._move_model_to_vllm(skip_async_check=True)
+        self.synced_step = step
+        self.sync_count += 1
+        return True

@@ -16,6 +16,7 @@ continues. Every rank runs the same collectives in the same order whatever it ob
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import torch
 
 from coordexp_swift.eval import coco_eval
+from coordexp_swift.eval.scores import token_prob_scores
 from coordexp_swift.metrics.buffer import MetricsBuffer
 from coordexp_swift.rollout.match import match_predictions
 from coordexp_swift.rollout.parse import parse_rollout
@@ -58,7 +60,9 @@ class RolloutEvaluator:
         """Counters (+ per-sample means and the three rates' presence) and §7.2 records of one eval batch."""
         cb = self.cb
         gts = gt_rows(rows, cb.vocab, object_field_order=cb.field_order)
-        outs = cb.rollout(model, gts, step=step, decode=cb.eval_decode)
+        token_prob = getattr(self.det, "score_mode", "constant") == "token_prob"
+        decode = dataclasses.replace(cb.eval_decode, logprobs=True) if token_prob else cb.eval_decode
+        outs = cb.rollout(model, gts, step=step, decode=decode)
         c = dict.fromkeys(EVAL_COUNTER_KEYS, 0)
         drops: dict[str, int] = {}
         records = []
@@ -80,12 +84,14 @@ class RolloutEvaluator:
                 if n:
                     drops[reason] = drops.get(reason, 0) + int(n)
             ex = r.extra
-            score = float(self.det.constant_score)
+            scores = (token_prob_scores(parsed, o.token_logprobs) if token_prob
+                      else [float(self.det.constant_score)] * len(parsed.objects))
             records.append({
                 "image": str(ex.get("sample_id")), "width": ex.get("width"), "height": ex.get("height"),
                 "coord_mode": "norm1000",
                 "gt": [{"desc": g.desc, "bbox_2d": list(g.bins)} for g in gt],
-                "pred": [{"desc": p.desc, "bbox_2d": list(p.bins), "score": score} for p in parsed.objects],
+                "pred": [{"desc": p.desc, "bbox_2d": list(p.bins), "score": sc}
+                         for p, sc in zip(parsed.objects, scores)],
             })
         n = max(len(gts), 1)
         metrics: dict[str, float] = {k: float(v) for k, v in c.items()}

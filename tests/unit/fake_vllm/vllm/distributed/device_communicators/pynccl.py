@@ -1,0 +1,3 @@
+class PyNcclCommunicator:
+    def __init__(self, *a, **kw):
+        raise RuntimeError("fake vllm: no NCCL")

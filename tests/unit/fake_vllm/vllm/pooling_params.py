@@ -1,0 +1,3 @@
+class PoolingParams:
+    def __init__(self, task=None):
+        self.task = task
