@@ -10,7 +10,8 @@ Same model, same micro-batch (real shapes samples encoded by ms-swift's ``qwen3_
   batch is built once outside the timed region (on GPU it overlaps the device work of the previous step).
 
 Configurations: n=2 em_detach (target ratio <= 1.45; the floor is ~1.33: one extra forward without backward), n=3
-em_detach, n=2 unroll. Candidate and baseline repetitions alternate (load drift hits both); medians after warm-up;
+em_detach, n=2 unroll; ``--breakdown`` adds ``n2_forwards_only`` (the n=2 forwards + the baseline's plain CE) and
+``pipeline_only`` (the objective, its backward to the logits and its metrics transfer, on fixed logits). Candidate and baseline repetitions alternate (load drift hits both); medians after warm-up;
 ``os.getloadavg()`` before/after on CPU. Prints a table and writes ``bench/results/stage2_channel_a[_<tag>].json``.
 
 Two phases so the timed phase needs no ms-swift (``--prepare DIR`` does): ``--prepare DIR`` builds the tiny
@@ -121,7 +122,7 @@ def _paired(cand: Callable[[], None], base: Callable[[], None], reps: int, warmu
 
 
 def run(data: Path, *, reps: int, warmup: int, hidden: int | None, layers: int | None, device: str,
-        packed: bool) -> dict[str, Any]:
+        packed: bool, breakdown: bool = False) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     dev = torch.device(device)
@@ -161,11 +162,32 @@ def run(data: Path, *, reps: int, warmup: int, hidden: int | None, layers: int |
             model.zero_grad(set_to_none=True)
         return step
 
+    def forwards_only() -> None:  # n=2 em_detach forwards + the same plain CE on z⁰ (no pipeline)
+        logits = channel_a_forwards(model, a, n_iter=2, grad_mode="em_detach", embed_mode="st")
+        z = logits["gt"]
+        loss = F.cross_entropy(z.reshape(bsz * seq, -1).index_select(0, flat).float(), tgt)
+        (loss + logits["self_context"].reshape(-1)[:1].float().sum() * 0).backward()
+        model.zero_grad(set_to_none=True)
+
+    with torch.no_grad():
+        fixed = channel_a_forwards(model, a, n_iter=2, grad_mode="em_detach", embed_mode="st")
+
+    def pipeline_only() -> None:  # the objective + its backward to the logits + the metrics transfer, no model
+        z0 = fixed["gt"].detach().requires_grad_(True)
+        z1 = fixed["self_context"].detach().requires_grad_(True)
+        res = pipe(a.batch.with_logits(gt=z0, self_context=z1))
+        res.total.backward()
+        _ = res.metrics
+
     load0 = os.getloadavg()
     out: dict[str, Any] = {}
     for name, n, mode in CONFIGS:
         tc, tb = _paired(candidate(n, mode), baseline, reps, warmup, sync)
         out[name] = {"candidate_s": tc, "baseline_s": tb, "ratio": tc / tb}
+    if breakdown:
+        for name, fn in (("n2_forwards_only", forwards_only), ("pipeline_only", pipeline_only)):
+            tc, tb = _paired(fn, baseline, reps, warmup, sync)
+            out[name] = {"candidate_s": tc, "baseline_s": tb, "ratio": tc / tb}
     params = sum(p.numel() for p in model.parameters())
     return {
         "configs": out, "target_n2_em_detach": TARGET, "device": str(dev),
@@ -189,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--packed", action="store_true")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time n=2 forwards + plain CE (no pipeline) and the pipeline alone on fixed logits")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
@@ -197,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             return 0
     res = run(args.data or args.prepare, reps=args.reps, warmup=args.warmup, hidden=args.hidden,
-              layers=args.layers, device=args.device, packed=args.packed)
+              layers=args.layers, device=args.device, packed=args.packed, breakdown=args.breakdown)
     print(f"{'config':<14} {'candidate_s':>12} {'baseline_s':>11} {'ratio':>7}")
     for name, r in res["configs"].items():
         print(f"{name:<14} {r['candidate_s']:12.4f} {r['baseline_s']:11.4f} {r['ratio']:7.3f}")
