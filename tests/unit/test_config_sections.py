@@ -62,7 +62,7 @@ def test_stage2_ab_defaults_match_spec() -> None:
         "desc_ce_weight": 1.0, "fmt_struct_ce_weight": 0.1, "bbox_smoothl1_weight": 1.0, "bbox_ciou_weight": 1.0,
         "coord_ce_weight": 0.0, "coord_el1_weight": 0.0, "coord_ehuber_weight": 0.0, "coord_entropy_weight": 0.0,
         "coord_gate_weight": 0.0, "text_gate_weight": 0.0, "coord_huber_delta": 0.001,
-        "channel_b": {"drop_invalid_struct_ce_multiplier": 1.0}, "pipeline": None,
+        "channel_b": {"drop_invalid_struct_ce_multiplier": 1.0}, "packing": False, "pipeline": None,
     }
 
 
