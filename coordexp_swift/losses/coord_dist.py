@@ -27,6 +27,8 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
+from coordexp_swift.losses.blocks import rows_per_block
+
 NUM_BINS = 1000  # == coordexp_swift.coord.codec.NUM_BINS (losses/ imports only torch)
 MAX_BIN = NUM_BINS - 1
 LOGIT_BOUND = 1e4
@@ -207,8 +209,6 @@ def expected_huber(coord_logits: torch.Tensor, target: torch.Tensor, delta: floa
 
 
 # ----------------------------------------------------------------------------------------------- fused gather + LSE
-# Rows per block of the full-vocab passes: a reused fp32 work block of about this many elements (16 MB).
-_BLOCK_ELEMS = 1 << 22
 
 
 class _LogPCoord(torch.autograd.Function):
@@ -233,7 +233,7 @@ class _LogPCoord(torch.autograd.Function):
         raw_c = full[:, coord_ids]
         s = sanitize_logits(raw_c)
         y_c = s / temperature
-        rows_per = max(1, _BLOCK_ELEMS // max(v, 1))
+        rows_per = rows_per_block(v, full.device)
         work = torch.empty((min(rows_per, n), v), dtype=torch.float32, device=full.device)
         m = torch.empty(n, dtype=torch.float32, device=full.device)
         text_mass = torch.empty(n, dtype=torch.float32, device=full.device)

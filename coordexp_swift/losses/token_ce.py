@@ -16,16 +16,15 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from coordexp_swift.losses.blocks import rows_per_block
+
 __all__ = ["token_ce_rows"]
 
 LOGIT_BOUND = 1e4  # == coord_dist.LOGIT_BOUND
-_BLOCK_ELEMS = 1 << 22
-_BLOCK_ELEMS_ACCEL = 1 << 25
 
 
 def _rows_per_block(rows: torch.Tensor) -> int:
-    elems = _BLOCK_ELEMS if rows.device.type == "cpu" else _BLOCK_ELEMS_ACCEL
-    return max(1, elems // max(rows.shape[1], 1))
+    return rows_per_block(rows.shape[1], rows.device)
 
 
 def _clamp_into(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

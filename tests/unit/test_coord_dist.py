@@ -14,6 +14,7 @@ import scipy.special
 import scipy.stats
 import torch
 
+from coordexp_swift.losses import blocks
 from coordexp_swift.losses import coord_dist as cd
 
 V = 1300  # small vocabulary: 300 "text" ids + 1000 coord ids placed non-contiguously
@@ -119,7 +120,7 @@ def test_fused_gradient_matches_reference_including_dirty_rows(block_rows, monke
     on rows with NaN/inf/out-of-range entries (which get zero gradient), with one row block or several (3 rows per
     block: clean and dirty blocks mixed)."""
     if block_rows is not None:
-        monkeypatch.setattr(cd, "_BLOCK_ELEMS", block_rows * V)
+        monkeypatch.setattr(blocks, "_BLOCK_ELEMS", block_rows * V)
     cid = _coord_ids(1)
     x = _dirty(8, torch.float32, cid)
     bins = torch.tensor([0, 999, 500, 3, 996, 17, 250, 750])
@@ -398,7 +399,7 @@ def test_bf16_input_gives_bf16_grad_and_fp32_math(block_rows, monkeypatch):
     """§2.4: bf16 logits are computed in fp32 (equal to the fp32 result on the same values) with bf16 gradients
     (one row block, or one row per block through the fp32 work block)."""
     if block_rows is not None:
-        monkeypatch.setattr(cd, "_BLOCK_ELEMS", block_rows * V)
+        monkeypatch.setattr(blocks, "_BLOCK_ELEMS", block_rows * V)
     cid = _coord_ids()
     bins = torch.tensor([5, 995, 400])
     xb = _logits(3, seed=14).bfloat16().requires_grad_()
@@ -515,13 +516,21 @@ def test_edge_target_minimiser_does_not_drift_to_the_edge(one_thread):
 
 
 def test_losses_import_only_torch_and_math():
-    """Layering (ARCHITECTURE §2): losses/coord_dist.py and losses/bbox.py import only torch and math."""
+    """Layering (ARCHITECTURE §2): losses/coord_dist.py, losses/bbox.py and losses/token_ce.py import only torch,
+    math and other ``coordexp_swift.losses`` modules (the shared row-block size)."""
+    import ast
+    import inspect
+
     from coordexp_swift.losses import bbox
+    from coordexp_swift.losses import token_ce as tce
     from tests.layering import top_level_imports
 
-    for mod in (cd, bbox):
+    for mod in (cd, bbox, tce):
         mods = top_level_imports(mod)
-        assert mods <= {"torch", "math"}, (mod.__name__, mods)
+        assert mods <= {"torch", "math", "coordexp_swift"}, (mod.__name__, mods)
+        own = {n.module for n in ast.walk(ast.parse(inspect.getsource(mod)))
+               if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("coordexp_swift")}
+        assert all(m.startswith("coordexp_swift.losses.") for m in own), (mod.__name__, own)
 
 
 # --------------------------------------------------------------------------------------------- blocked token CE
@@ -535,7 +544,7 @@ def test_blocked_token_ce_equals_float64_reference_with_dirty_rows(dt, block_row
     from coordexp_swift.losses import token_ce as tce
 
     if block_rows is not None:
-        monkeypatch.setattr(tce, "_BLOCK_ELEMS", block_rows * V)
+        monkeypatch.setattr(blocks, "_BLOCK_ELEMS", block_rows * V)
     cid = _coord_ids(2)
     x = _dirty(7, dt, cid)
     targets = torch.tensor([0, 5, cid[3].item(), 17, 1299, 2, 640])
