@@ -86,7 +86,7 @@ def main() -> None:
                     log(step)
                 finally:
                     torch.cuda.set_sync_debug_mode(0)
-            rec["cuda_sync_debug_warnings"] = sum("synchroniz" in str(w.message).lower() for w in caught)
+            rec["cuda_sync_debug_warnings"] = sum("called a synchronizing" in str(w.message) for w in caught)
         print(f"{name:22s} syncs/step = {counter.count}  ops = {counter.ops}"
               + (f"  cuda warnings = {rec['cuda_sync_debug_warnings']}" if "cuda_sync_debug_warnings" in rec else ""))
         out["variants"][name] = rec

@@ -58,6 +58,7 @@ class SyncCounter(TorchDispatchMode):
         super().__init__()
         self.ops: list[str] = []
         self._saved: dict[str, Any] = {}
+        self._host_read_depth = 0  # > 0 inside a wrapped host read: its own D2H copy is that read, not another
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
@@ -72,7 +73,7 @@ class SyncCounter(TorchDispatchMode):
             src = args[1] if func is _aten.copy_.default else args[0]
             dst_cpu = (_is_host(args[0]) if func is _aten.copy_.default
                        else str(kwargs.get("device", src.device)) == "cpu")
-            if isinstance(src, torch.Tensor) and not _is_host(src) and dst_cpu:
+            if isinstance(src, torch.Tensor) and not _is_host(src) and dst_cpu and not self._host_read_depth:
                 name = "device_to_host_copy"
         if name is not None:
             self.ops.append(name)
@@ -85,7 +86,11 @@ class SyncCounter(TorchDispatchMode):
 
             def wrapped(t, *a, __orig=orig, __name=meth, **k):
                 self.ops.append(f"Tensor.{__name}")
-                return __orig(t, *a, **k)
+                self._host_read_depth += 1
+                try:
+                    return __orig(t, *a, **k)
+                finally:
+                    self._host_read_depth -= 1
 
             setattr(torch.Tensor, meth, wrapped)
         return super().__enter__()
