@@ -152,6 +152,12 @@ def test_eval_step_forced_failure_logs_zero(tiny, caplog, monkeypatch):
     assert bad["rollout/mAP"] == 0.0
     assert "KeyError" in caplog.text and "rollout/mAP failed" in caplog.text
     assert {k: v for k, v in bad.items() if k != "rollout/mAP"} == {k: v for k, v in ok.items() if k != "rollout/mAP"}
+    # seed 002 6B.0: eval_detection.enabled false → no rollout/mAP key (and evaluate_records is never called)
+    off = load_coordexp_config({"custom": {"trainer_variant": "stage2_two_channel"},
+                                "stage2_ab": {"schedule": {"b_ratio": 1.0}},
+                                "rollout_matching": {"eval_detection": {"enabled": False}}})
+    none = RolloutEvaluator(cb, off.rollout_matching.eval_detection).evaluate(model, [encoded], step=5)
+    assert "rollout/mAP" not in none and none["rollout/gt_objects_total"] == ok["rollout/gt_objects_total"]
 
 
 @pytest.mark.parametrize("packed", [False, True])
