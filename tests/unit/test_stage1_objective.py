@@ -561,5 +561,8 @@ def test_one_implementation_per_component():
     users = sorted(str(p.relative_to(pkg)) for p in pkg.rglob("*.py")
                    if any(loss_call.search(line) and not line.lstrip().startswith(("def ", "#", '"'))
                           for line in p.read_text().splitlines()))
-    assert users == ["losses/coord_dist.py", "losses/token_ce.py", "teacher_forcing/modules/coord_diag.py",
-                     "teacher_forcing/modules/coord_reg.py", "teacher_forcing/modules/token_ce.py"], users
+    # rollout/hf_backend.py: log-probabilities of generated tokens for detection scores (score_mode token_prob), not
+    # a training loss
+    assert users == ["losses/coord_dist.py", "losses/token_ce.py", "rollout/hf_backend.py",
+                     "teacher_forcing/modules/coord_diag.py", "teacher_forcing/modules/coord_reg.py",
+                     "teacher_forcing/modules/token_ce.py"], users
