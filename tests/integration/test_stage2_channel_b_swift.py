@@ -113,7 +113,8 @@ def test_b_only_swift_sft(compact_model, fixed_gt_data, tmp_path):
     """seed 001 1.5, 2.2 (B-only routing on a real run), 002 4.3 (B), 6.2 (time/*, packing/* emitted), 8.1 rollout
     keys on B steps: ``smoke_b_only.yaml`` for 2 steps, rollouts forced to the partly matching answer; every step
     logs the §8.1 keys with the expected counts, ``loss`` = Σ contributions, seeds logged per B0 (``s`` and
-    ``seed_base`` = norm(42 + s·1000003))."""
+    ``seed_base`` = norm(42 + s·1000003)); with ``stage2_ab.packing: true`` step 0 logs the same loss, terms and
+    grad norm (SPEC §3.3)."""
     out = tmp_path / "out"
     proc = _run(_config("configs/stage2_two_channel/smoke_b_only.yaml", compact_model, fixed_gt_data, out,
                         max_steps=2, rollout_matching={"max_new_tokens": 96}), tmp_path)
@@ -126,6 +127,16 @@ def test_b_only_swift_sft(compact_model, fixed_gt_data, tmp_path):
     log = proc.stdout + proc.stderr
     assert "Channel-B rollout: s=0 micro_idx=0 seed_base=42 " in log
     assert "Channel-B rollout: s=1 micro_idx=0 seed_base=1000045 " in log
+    # SPEC §3.3: the packed B forward (stage2_ab.packing: one padding-free row per micro-step) logs the padded run's
+    # step-0 loss, terms and grad norm (same forced rollouts, same weights before the first update)
+    outp = tmp_path / "packed"
+    _run(_config("configs/stage2_two_channel/smoke_b_only.yaml", compact_model, fixed_gt_data, outp, max_steps=1,
+                 rollout_matching={"max_new_tokens": 96}, stage2_ab={"packing": True}), tmp_path / "wp")
+    packed = step_records(outp)[0]
+    _check_b_step(packed)
+    assert packed["packing/fill_ratio_mean"] < 1.0
+    for key in ("loss", "grad_norm", "loss/struct_ce", "loss/desc_ce", "loss/geo"):
+        assert packed[key] == pytest.approx(recs[0][key], rel=1e-4), key
 
 
 def test_mixed_and_rollout_aligned_with_eval(compact_model, fixed_gt_data, tmp_path):
