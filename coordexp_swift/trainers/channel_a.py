@@ -28,7 +28,8 @@ from coordexp_swift.teacher_forcing import st
 from coordexp_swift.teacher_forcing.batch import CEWeightTable, TeacherForcingBatch
 from coordexp_swift.trainers.forwards import forward, pack_segments, positions_for
 
-__all__ = ["ChannelAInputs", "GRAD_MODES", "build_channel_a_inputs", "channel_a_forwards", "encode_gt_targets"]
+__all__ = ["ChannelAInputs", "GRAD_MODES", "audit_a_step", "build_channel_a_inputs", "channel_a_forwards",
+           "encode_gt_targets", "input_embeddings"]
 
 GRAD_MODES: tuple[str, ...] = ("em_detach", "unroll")
 
@@ -204,3 +205,99 @@ def channel_a_forwards(model: torch.nn.Module, a: ChannelAInputs, *, n_iter: int
                         position_ids=a.position_ids).logits
     out["self_context"] = z
     return out
+
+
+# --- audit (the Channel-A half of `coordexp-swift audit-tensor-flow`, SPEC §3.3 / seed 001 2.3) ---------------
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    inner = model
+    while not hasattr(inner, "get_input_embeddings") and hasattr(inner, "module"):
+        inner = inner.module
+    return inner
+
+
+def audit_a_step(model: torch.nn.Module, a: ChannelAInputs, *, n_iter: int = 2, grad_mode: str = "em_detach",
+                 embed_mode: str = "st", temperature: float = 1.0) -> dict[str, Any]:
+    """Run :func:`channel_a_forwards` once on ``a`` with the model's forward recorded and check the §3.3 / §3.4
+    invariants on every forward:
+
+    ``n_forwards`` (exactly ``n_iter`` model forwards, no ``generate``), ``cache_free`` (``use_cache=False``, no
+    ``past_key_values`` in or out), ``one_token_source`` (A1: ``input_ids`` only; iterations ≥ 1: ``inputs_embeds``
+    with ``input_ids=None``), ``positions`` (every forward gets the same ``[4, B, T]`` positions; packed: row 0 is 0
+    exactly at each segment start and counts up by 1 inside segments), ``logits_aligned`` (``logits.shape[:2] ==
+    [B, T]``), ``placeholders_unchanged`` (image/video placeholder rows of every ``inputs_embeds`` bitwise equal the
+    embedding module's output), ``only_slots_differ`` (no row but the coord slots differs from it), ``grad_pattern``
+    (``em_detach``: grad on A1 and the last iteration only; ``unroll``: everywhere). Returns ``{check: bool, ...,
+    "failed": [names], "counts": {...}}``; the caller decides whether to raise. Gradients are not kept."""
+    inner = _unwrapped(model)
+    calls: list[dict[str, Any]] = []
+    orig_fwd, orig_gen = inner.forward, getattr(inner, "generate", None)
+    generated: list[bool] = []
+
+    def fwd(*args: Any, **kwargs: Any) -> Any:
+        out = orig_fwd(*args, **kwargs)
+        calls.append({"kwargs": kwargs, "grad": torch.is_grad_enabled(),
+                      "logits_shape": tuple(out.logits.shape[:2]),
+                      "cache": getattr(out, "past_key_values", None)})
+        return out
+
+    def gen(*args: Any, **kwargs: Any) -> Any:
+        generated.append(True)
+        raise RuntimeError("Channel-A called generate")
+
+    own = {k: inner.__dict__[k] for k in ("forward", "generate") if k in inner.__dict__}
+    inner.forward = fwd
+    if orig_gen is not None:
+        inner.generate = gen
+    try:
+        channel_a_forwards(model, a, n_iter=n_iter, grad_mode=grad_mode, embed_mode=embed_mode,
+                           temperature=temperature)
+    finally:
+        for k in ("forward", "generate"):
+            if k in own:
+                setattr(inner, k, own[k])
+            elif k in inner.__dict__:
+                delattr(inner, k)
+    bsz, seq = a.input_ids.shape
+    checks: dict[str, bool] = {}
+    checks["n_forwards"] = len(calls) == n_iter and not generated
+    checks["cache_free"] = all(c["kwargs"].get("use_cache") is False and c["kwargs"].get("past_key_values") is None
+                               and c["cache"] is None for c in calls)
+    checks["one_token_source"] = bool(calls) and calls[0]["kwargs"].get("input_ids") is not None \
+        and calls[0]["kwargs"].get("inputs_embeds") is None \
+        and all(c["kwargs"].get("input_ids") is None and c["kwargs"].get("inputs_embeds") is not None
+                for c in calls[1:])
+    pos_ok = all(c["kwargs"].get("position_ids") is a.position_ids for c in calls) \
+        and tuple(a.position_ids.shape) == (4, bsz, seq)
+    if pos_ok and a.batch.packed:
+        row0 = a.position_ids[0, 0].cpu()
+        starts, off = [], 0
+        for m in a.batch.meta:
+            starts.append(off)
+            off += m.encoded_len
+        expect = torch.cat([torch.arange(m.encoded_len) for m in a.batch.meta])
+        pos_ok = off == seq and torch.equal(row0, expect) \
+            and torch.nonzero(row0 == 0).reshape(-1).tolist() == starts
+    checks["positions"] = pos_ok
+    checks["logits_aligned"] = all(c["logits_shape"] == (bsz, seq) for c in calls)
+    with torch.no_grad():
+        base = input_embeddings(model)(a.input_ids).reshape(bsz * seq, -1)
+    cfg = getattr(inner, "config", None)
+    ph_ids = [i for i in (getattr(cfg, "image_token_id", None), getattr(cfg, "video_token_id", None)) if i is not None]
+    placeholders = torch.zeros(bsz * seq, dtype=torch.bool, device=a.input_ids.device)
+    for i in ph_ids:
+        placeholders |= (a.input_ids == i).reshape(-1)
+    slots = torch.zeros(bsz * seq, dtype=torch.bool, device=a.input_ids.device)
+    slots[a.batch.group_flat + 1] = True
+    ph_ok, slot_ok = True, True
+    for c in calls[1:]:
+        e = c["kwargs"]["inputs_embeds"].detach().reshape(bsz * seq, -1)
+        differs = (e != base).any(-1)
+        ph_ok &= bool(torch.equal(e[placeholders], base[placeholders]))
+        slot_ok &= not bool((differs & ~slots).any())
+    checks["placeholders_unchanged"] = ph_ok
+    checks["only_slots_differ"] = slot_ok
+    want = [True] * n_iter if grad_mode == "unroll" else [True] + [False] * max(n_iter - 2, 0) + [True] * (n_iter > 1)
+    checks["grad_pattern"] = [c["grad"] for c in calls] == want
+    return {**checks, "failed": [k for k, v in checks.items() if not v],
+            "counts": {"forwards": len(calls), "segments": a.batch.num_segments, "slots": int(slots.sum()),
+                       "placeholder_rows": int(placeholders.sum()), "packed": a.batch.packed}}
