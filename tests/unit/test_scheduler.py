@@ -26,8 +26,8 @@ def test_spec_examples():
 def test_b_ratio_counts_are_exact_decimals(num, steps):
     """seed 001 1.2: over any prefix 0..n-1 the number of B steps is floor(n·r) with r the exact decimal
     (reference: a loop over exact Fractions, independent of the closed form), so 0.29 gives 29 per 100."""
-    r = num / 1000
-    exact = Fraction(num, 1000)
+    exact = Fraction(num, 10**3)  # a ratio with three decimals, not a coordinate
+    r = float(exact)
     got = sum(channel_at(s, b_ratio=r) == "B" for s in range(steps))
     assert got == (exact * steps).__floor__()
 
