@@ -2,7 +2,8 @@
 
 Each sub-command is a ``module:function`` taking ``argv: list[str]`` and returning an exit code; modules are
 imported lazily so that ``coordexp-swift make-shapes`` does not pay for importing torch or ms-swift. Only commands
-whose module exists are listed (``audit-tensor-flow`` arrives with the two-channel trainer).
+whose module exists are listed; ``audit-tensor-flow`` runs real Stage-2 steps of a run YAML and checks the SPEC §3.3
+tensor-flow invariants (seed 001 2.3).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("coordexp_swift.eval.cli:main", "offline detection evaluation (COCO bbox mAP)"),
     "visualize": ("coordexp_swift.eval.visualize:main", "draw boxes over images / plot training curves"),
     "demo": ("coordexp_swift.tools.demo:main", "the end-to-end CPU demo"),
+    "audit-tensor-flow": ("coordexp_swift.tools.audit_tensor_flow:main",
+                          "run audited Stage-2 steps of a run YAML (SPEC §3.3 invariants, JSON report)"),
 }
 
 
