@@ -26,7 +26,7 @@ from coordexp_swift.data.records import check_stage2_encoding
 from coordexp_swift.rollout.targets import RolloutTarget, build_gt_target, collate_targets
 from coordexp_swift.teacher_forcing import st
 from coordexp_swift.teacher_forcing.batch import CEWeightTable, TeacherForcingBatch
-from coordexp_swift.trainers.forwards import forward, pack_segments, positions_for
+from coordexp_swift.trainers.forwards import forward, segment_inputs
 
 __all__ = ["ChannelAInputs", "GRAD_MODES", "audit_a_step", "build_channel_a_inputs", "channel_a_forwards",
            "encode_gt_targets", "input_embeddings"]
@@ -122,31 +122,7 @@ def build_channel_a_inputs(model: torch.nn.Module, pairs: Sequence[tuple[Rollout
     targets = [t for t, _ in pairs]
     segments = [s for _, s in pairs]
     device = torch.device(device)
-    if packed:
-        row = pack_segments(model, segments, max_length=max_length)
-        inputs = dict(row.inputs)
-        ids = inputs.pop("input_ids")
-        positions = inputs.pop("position_ids")
-    else:
-        lens = [int(s["input_ids"].shape[0]) for s in segments]
-        width = max(lens)
-        ids = torch.full((len(segments), width), int(pad_id), dtype=torch.long)
-        mask = torch.zeros((len(segments), width), dtype=torch.long)
-        inputs = {"attention_mask": mask}
-        has_mm = all(s.get("mm_token_type_ids") is not None for s in segments)
-        mm = torch.zeros((len(segments), width), dtype=torch.long) if has_mm else None
-        for i, (s, n) in enumerate(zip(segments, lens)):
-            ids[i, :n] = s["input_ids"]
-            mask[i, :n] = 1
-            if mm is not None:
-                mm[i, :n] = s["mm_token_type_ids"]
-        if mm is not None:
-            inputs["mm_token_type_ids"] = mm
-        for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
-            parts = [s[key] for s in segments if s.get(key) is not None]
-            if parts:
-                inputs[key] = torch.cat(parts, dim=0)
-        positions = positions_for(model, {"input_ids": ids, **inputs})
+    ids, positions, inputs = segment_inputs(model, segments, packed=packed, pad_id=pad_id, max_length=max_length)
     batch = collate_targets(targets, vocab=vocab, packed=packed, channel="A", contexts=contexts, ce_table=ce_table,
                             pad_id=pad_id, max_length=max_length if packed else None, device=device)
     moved = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}

@@ -51,7 +51,7 @@ from coordexp_swift.rollout.fragment import gt_object_from_payload
 from coordexp_swift.teacher_forcing.batch import TeacherForcingBatch
 from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, PipelineResult
 from coordexp_swift.trainers.channel_a import encode_gt_targets
-from coordexp_swift.trainers.forwards import forward, pack_segments, positions_for
+from coordexp_swift.trainers.forwards import forward, segment_inputs
 
 __all__ = ["BStepOutput", "ChannelB", "GTRow", "audit_b_step", "rollout_metrics", "rollout_prompts", "rollout_targets"]
 
@@ -184,31 +184,11 @@ def forward_inputs(model: torch.nn.Module, targets: Sequence[RolloutTarget], row
     ``fill_ratio``: real tokens / row capacity (packed: ``max_length``; padded: ``B·T``)."""
     segs = _segments(targets, rows)
     lens = [int(s["input_ids"].shape[0]) for s in segs]
+    ids, positions, inputs = segment_inputs(model, segs, packed=packed, pad_id=pad_id, max_length=max_length)
     if packed:
-        row = pack_segments(model, segs, max_length=max_length)
-        inputs = dict(row.inputs)
-        ids, positions = inputs.pop("input_ids"), inputs.pop("position_ids")
         fill = sum(lens) / float(max_length) if max_length else 1.0
     else:
-        width = max(lens)
-        ids = torch.full((len(segs), width), int(pad_id), dtype=torch.long)
-        mask = torch.zeros((len(segs), width), dtype=torch.long)
-        inputs = {"attention_mask": mask}
-        mm = torch.zeros((len(segs), width), dtype=torch.long) \
-            if all(s.get("mm_token_type_ids") is not None for s in segs) else None
-        for i, (s, n) in enumerate(zip(segs, lens)):
-            ids[i, :n] = s["input_ids"]
-            mask[i, :n] = 1
-            if mm is not None:
-                mm[i, :n] = s["mm_token_type_ids"]
-        if mm is not None:
-            inputs["mm_token_type_ids"] = mm
-        for key in _VISION_KEYS:
-            parts = [torch.as_tensor(s[key]) for s in segs if s.get(key) is not None]
-            if parts:
-                inputs[key] = torch.cat(parts, dim=0)
-        positions = positions_for(model, {"input_ids": ids, **inputs})
-        fill = sum(lens) / float(len(segs) * width)
+        fill = sum(lens) / float(ids.numel())
     batch = collate_targets(targets, vocab=vocab, packed=packed, channel="B", contexts=("rollout",),
                             ce_table=ce_table, pad_id=pad_id, max_length=max_length if packed else None,
                             device=device)

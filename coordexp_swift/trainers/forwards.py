@@ -247,3 +247,36 @@ def pack_segments(model: torch.nn.Module, segments: Sequence[Mapping[str, Any]],
         row["labels"] = torch.cat([_as_2d_long(s["labels"]) for s in segments], dim=1)
     offsets = (0, *itertools.accumulate(lens[:-1]))
     return PackedRow(row, offsets, lens)
+
+
+def segment_inputs(model: torch.nn.Module, segments: Sequence[Mapping[str, Any]], *, packed: bool, pad_id: int,
+                   max_length: int | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward inputs of encoded ``segments`` (as for :func:`pack_segments`), on the host:
+    ``(input_ids [B, T], position_ids [4, B, T], other model inputs)``.
+
+    ``packed``: one padding-free row (:func:`pack_segments`, B = 1, no attention mask). Else right-padded rows
+    (``pad_id``) with ``attention_mask`` (1 on real tokens), ``mm_token_type_ids`` when every segment has them (0 on
+    pads), vision tensors concatenated in segment order, and positions from :func:`positions_for` on the padded batch.
+    """
+    if packed:
+        inputs = dict(pack_segments(model, segments, max_length=max_length).inputs)
+        return inputs.pop("input_ids"), inputs.pop("position_ids"), inputs
+    lens = [int(torch.as_tensor(s["input_ids"]).reshape(-1).shape[0]) for s in segments]
+    width = max(lens)
+    ids = torch.full((len(segments), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(segments), width), dtype=torch.long)
+    inputs: dict[str, torch.Tensor] = {"attention_mask": mask}
+    mm = torch.zeros((len(segments), width), dtype=torch.long) \
+        if all(s.get("mm_token_type_ids") is not None for s in segments) else None
+    for i, (s, n) in enumerate(zip(segments, lens)):
+        ids[i, :n] = torch.as_tensor(s["input_ids"]).reshape(-1)
+        mask[i, :n] = 1
+        if mm is not None:
+            mm[i, :n] = torch.as_tensor(s["mm_token_type_ids"]).reshape(-1)
+    if mm is not None:
+        inputs["mm_token_type_ids"] = mm
+    for key in _MM_CONCAT_KEYS:
+        parts = [torch.as_tensor(s[key]) for s in segments if s.get(key) is not None]
+        if parts:
+            inputs[key] = torch.cat(parts, dim=0)
+    return ids, positions_for(model, {"input_ids": ids, **inputs}), inputs
