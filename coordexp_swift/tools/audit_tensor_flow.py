@@ -12,8 +12,9 @@ packed per ``stage2_ab.packing``; a B step runs :func:`~coordexp_swift.trainers.
 run's Channel-B object. No optimizer step is taken (the model is the loaded checkpoint on every step).
 
 Prints ONE JSON object ``{"config", "variant", "rows", "steps": [{"step", "channel", "checks": {name: bool},
-"counts": {...}, "failed": [names]}], "ok"}``. Exit 0 when every check holds, 1 on any violation, 2 on a usage or
-config error (``invalid: <file>: <problem>`` on stderr).
+"counts": {...}, "failed": [names]}], "ok"}``; a step that raises ``RuntimeError`` (an invariant the step enforces
+itself, e.g. the B4 prompt-ids check) is reported as ``failed: ["step_ran"]`` with its ``error``. Exit 0 when every
+check holds, 1 on any violation, 2 on a usage or config error (``invalid: <file>: <problem>`` on stderr).
 """
 from __future__ import annotations
 
@@ -109,8 +110,13 @@ def audit(ctx: Any, *, steps: int, rows: int | None) -> dict[str, Any]:
     out = []
     for s in range(steps):
         channel = channel_at(s, **schedule) if schedule else "B"
-        rep = _a_step(run, cfg.stage2_ab) if channel == "A" else audit_b_step(run["cb"], run["model"],
-                                                                              run["encoded"], step=s)
+        try:
+            rep = _a_step(run, cfg.stage2_ab) if channel == "A" else audit_b_step(run["cb"], run["model"],
+                                                                                  run["encoded"], step=s)
+        except RuntimeError as exc:  # a runtime invariant the step itself enforces (e.g. §3.6 B4 prompt ids)
+            out.append({"step": s, "channel": channel, "checks": {"step_ran": False}, "counts": {},
+                        "failed": ["step_ran"], "error": f"{type(exc).__name__}: {exc}"})
+            continue
         checks = {k: bool(v) for k, v in rep.items() if k not in ("failed", "counts")}
         out.append({"step": s, "channel": channel, "checks": checks, "counts": _jsonable(rep.get("counts", {})),
                     "failed": list(rep["failed"])})

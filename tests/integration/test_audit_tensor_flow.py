@@ -121,3 +121,24 @@ def test_non_stage2_config_is_a_usage_error(repo_root, capsys):
     assert main(["--config", str(repo_root / "configs/demo/stage1_shapes.yaml"), "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("invalid: ") and "trainer_variant" in err, err
+
+
+def test_b_prompt_mismatch_is_reported(write_config, capsys, monkeypatch):
+    """seed 001 2.3 (B half) / SPEC §3.6 B4: when the generation prompt differs from the training prompt (the rollout
+    prompts patched so their last id — the ``\\n`` after ``assistant`` — is replaced), the B step's own B4 guard
+    raises; the audit reports that step as ``failed: ["step_ran"]`` with the error and exits 1."""
+    from dataclasses import replace
+
+    import coordexp_swift.trainers.channel_b as channel_b
+
+    real = channel_b.rollout_prompts
+
+    def shifted(rows):
+        return [replace(p, input_ids=p.input_ids[:-1] + (p.input_ids[-2],)) for p in real(rows)]
+
+    monkeypatch.setattr(channel_b, "rollout_prompts", shifted)
+    cfg = write_config("configs/stage2_rollout_aligned/smoke.yaml")
+    rc, report = _run(capsys, ["--config", cfg, "--steps", "1", "--rows", "1"])
+    step = report["steps"][0]
+    assert step["channel"] == "B" and step["failed"] == ["step_ran"] and "B4" in step["error"], step
+    assert rc == 1 and report["ok"] is False
