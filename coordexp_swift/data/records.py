@@ -45,6 +45,7 @@ from coordexp_swift.config.text_literals import FORBIDDEN_LITERALS, find_forbidd
 from coordexp_swift.coord.codec import COORD_TOKEN_RE, MAX_BIN, coord_token, parse_coord_token
 
 __all__ = [
+    "DuplicateKeyError",
     "GEOMETRY_ARITY",
     "GEOMETRY_KEYS",
     "GTObject",
@@ -53,6 +54,7 @@ __all__ = [
     "LoadedRecords",
     "check_stage2_encoding",
     "iter_jsonl",
+    "no_duplicate_keys",
     "load_records",
     "object_sort_key",
     "validate_record",
@@ -327,16 +329,18 @@ def _find_surrogate_path(value: Any, path: str) -> str | None:
     return None
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` ``object_pairs_hook`` that raises :class:`DuplicateKeyError` on a repeated key (JSONL agrees
+    with the strict YAML loader: a record never silently keeps the last value)."""
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise _DuplicateKey(k)
+            raise DuplicateKeyError(k)
         out[k] = v
     return out
 
 
-class _DuplicateKey(ValueError):
+class DuplicateKeyError(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
@@ -353,8 +357,8 @@ def decode_jsonl_line(raw: bytes, where: str) -> Any | None:
     if not line.strip():
         return None
     try:
-        return json.loads(line, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as exc:
+        return json.loads(line, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKeyError as exc:
         raise ValueError(f"{where}: duplicate key {exc.key!r} in a JSON object (JSON readers would silently keep "
                          f"the last value); remove one") from None
     except json.JSONDecodeError as exc:

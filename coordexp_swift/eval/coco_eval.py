@@ -78,7 +78,7 @@ class DroppedObject(ValueError):
         self.reason = reason
 
 
-def _is_real(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
     """A JSON number that is finite as a float (a 400-digit integer is not: it overflows)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
@@ -94,7 +94,7 @@ def _norm1000_to_pixels(values: Sequence[Any], width: int, height: int) -> XYXY:
         if isinstance(v, str):
             m = COORD_TOKEN_RE.fullmatch(v.strip())
             k = int(m.group(1)) if m else None
-        elif _is_real(v) and float(v).is_integer():
+        elif is_finite_number(v) and float(v).is_integer():
             k = int(v)
         else:
             k = None
@@ -108,7 +108,7 @@ def _norm1000_to_pixels(values: Sequence[Any], width: int, height: int) -> XYXY:
 
 def _pixel_values(values: Sequence[Any], width: int, height: int) -> XYXY:
     for v in values:
-        if not _is_real(v):
+        if not is_finite_number(v):
             raise DroppedObject("invalid_coord", f"value {_short(v)} is not a finite pixel number")
     x1, y1, x2, y2 = (float(v) for v in values)
     if not math.isfinite((x2 - x1) * (y2 - y1)):
@@ -153,7 +153,7 @@ def _object_score(obj: Mapping[str, Any]) -> float:
     score = obj.get("score")
     if score is None:
         return 1.0
-    if not _is_real(score):
+    if not is_finite_number(score):
         raise DroppedObject("invalid_score", f"score {_short(score)} is not a finite number")
     return float(score)
 
@@ -163,7 +163,7 @@ MAX_IMAGE_SIDE = 1 << 20
 
 
 def _size(v: Any) -> int | None:
-    if _is_real(v) and float(v).is_integer() and 0 < v <= MAX_IMAGE_SIDE:
+    if is_finite_number(v) and float(v).is_integer() and 0 < v <= MAX_IMAGE_SIDE:
         return int(v)
     return None
 
@@ -241,7 +241,7 @@ def _validate_iou_thrs(iou_thrs: Sequence[float] | None) -> list[float]:
     if iou_thrs is None:
         return list(COCO_DEFAULT_IOU_THRS)
     thrs = list(iou_thrs)
-    if not thrs or not all(_is_real(t) and 0.0 < t <= 1.0 for t in thrs):
+    if not thrs or not all(is_finite_number(t) and 0.0 < t <= 1.0 for t in thrs):
         raise ValueError(f"iou_thrs {iou_thrs!r} must be a non-empty list of numbers in (0, 1], "
                          "e.g. --iou_thrs 0.5 0.75 (or omit for COCO's 0.50:0.05:0.95)")
     out: list[float] = []

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordexp_swift.data.records import DuplicateKeyError, no_duplicate_keys
+
 
 @dataclass(frozen=True)
 class MalformedRecord:
@@ -44,19 +46,6 @@ class RecordsFile:
         return len(self.records) + len(self.malformed)
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
 def read_gt_vs_pred(path: str | Path) -> RecordsFile:
     """Read a ``gt_vs_pred.jsonl`` file; undecodable lines become :class:`MalformedRecord` entries.
 
@@ -76,11 +65,11 @@ def read_gt_vs_pred(path: str | Path) -> RecordsFile:
                 continue
             loc = f"{p}:{lineno}"
             try:
-                records.append(json.loads(line, object_pairs_hook=_no_duplicate_keys))
+                records.append(json.loads(line, object_pairs_hook=no_duplicate_keys))
             except json.JSONDecodeError as exc:
                 malformed.append(MalformedRecord(loc, f"invalid JSON ({exc.msg} at column {exc.colno})"))
                 continue
-            except _DuplicateKey as exc:
+            except DuplicateKeyError as exc:
                 malformed.append(MalformedRecord(loc, f"duplicate key {str(exc)[:60]!r} in a JSON object"))
                 continue
             except (ValueError, RecursionError) as exc:  # int-string limit, nesting deeper than the parser's stack

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from coordexp_swift.eval.coco_eval import COORD_MODES, DroppedObject, object_xyxy, record_size
+from coordexp_swift.eval.coco_eval import COORD_MODES, DroppedObject, is_finite_number, object_xyxy, record_size
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +55,9 @@ def _label(obj: Mapping[str, Any], key: str) -> str:
     desc = obj.get("desc", "")
     label = (desc if isinstance(desc, str) else "")[:LABEL_CHARS]
     score = obj.get("score")
-    if key == "pred" and _finite(score):
+    if key == "pred" and is_finite_number(score):
         label += f" {float(score):.2f}"
     return label.encode("ascii", "replace").decode("ascii")  # the default bitmap font is Latin-1 only
-
-
-def _finite(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:
-        return False
 
 
 def _draw_record(rec: Mapping[str, Any], image_root: Path):
