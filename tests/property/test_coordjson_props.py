@@ -13,7 +13,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordexp_swift.data.coordjson import assistant_payload, render_objects
+from coordexp_swift.data.coordjson import assistant_payload, check_desc_text, render_objects
 from coordexp_swift.data.records import GTObject
 
 BARE = re.compile(r"<\|coord_(\d+)\|>")
@@ -25,7 +25,17 @@ descs = st.text(
     ),
     min_size=1,
     max_size=20,
-).filter(lambda s: s.strip() != "" and BARE.search(s) is None)
+).filter(lambda s: s.strip() != "" and BARE.search(s) is None and _renderable(s))
+
+
+def _renderable(s: str) -> bool:
+    """The renderer's own desc rule (no special-token literal: hypothesis also draws string constants it finds in
+    the package, such as ``<|box_end|>``)."""
+    try:
+        check_desc_text(s)
+    except ValueError:
+        return False
+    return True
 
 bins = st.integers(min_value=0, max_value=999)
 objects = st.lists(

@@ -10,7 +10,7 @@ import json
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from coordexp_swift.data.coordjson import render_object, render_objects
+from coordexp_swift.data.coordjson import check_desc_text, render_object, render_objects
 from coordexp_swift.data.records import GTObject
 from coordexp_swift.rollout.fragment import fn_fragment_text
 from coordexp_swift.rollout import parse as parse_mod
@@ -30,9 +30,19 @@ def boxes(draw) -> tuple[int, int, int, int]:
     return (x1, y1, x2, y2)
 
 
+def _renderable(s: str) -> bool:
+    """A GT desc the CoordJSON renderer accepts (non-blank, no coord / special-token literal: hypothesis also
+    draws string constants it finds in the package, such as ``<|box_end|>``)."""
+    try:
+        check_desc_text(s)
+    except ValueError:
+        return False
+    return s.strip() != ""
+
+
 descs = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
-).filter(lambda s: s.strip() != "")
+).filter(_renderable)
 gt_objects = st.builds(lambda d, b: GTObject(d, "bbox_2d", b), descs, boxes())
 object_lists = st.lists(gt_objects, max_size=4)
 orders = st.sampled_from(["desc_first", "geometry_first"])
