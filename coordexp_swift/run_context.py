@@ -120,7 +120,7 @@ def yaml_to_argv(top: Mapping[str, Any]) -> list[str]:
 
 
 class _ArgparseError(ValueError):
-    pass
+    """ms-swift's argparse rejected a value (raised instead of argparse's ``sys.exit``)."""
 
 
 def _raise_argparse(message: str) -> None:

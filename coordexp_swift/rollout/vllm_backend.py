@@ -98,8 +98,8 @@ class _SwiftVllmSync:
         from swift.rlhf_trainers.rollout_mixin import RolloutTrainerMixin
 
         class Sync(RolloutTrainerMixin):
-            def __init__(self) -> None:  # ms-swift's trainer __init__ is not run: only the sync state is set
-                pass
+            def __init__(self) -> None:
+                """ms-swift's trainer ``__init__`` is deliberately not run: only the sync state below is set."""
 
         s = Sync()
         s.model = model

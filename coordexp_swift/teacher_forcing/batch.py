@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from coordexp_swift.coord.codec import NUM_BINS
-from coordexp_swift.coord.vocab import VocabView
+from coordexp_swift.coord.vocab import VocabView, id_to_bin_table
 from coordexp_swift.losses import coord_dist
 from coordexp_swift.teacher_forcing.meta import SegmentMeta
 from coordexp_swift.teacher_forcing.token_types import COORD, DESC, EOS, NONE, STRUCT, TYPE_NAMES
@@ -397,9 +397,7 @@ class TeacherForcingBatch:
         shape = (int(target_ids.shape[0]), int(target_ids.shape[1]))
         host_ids = target_ids.detach().cpu().long()
         if id_to_bin is None:
-            size = max(int(cids.max()) + 1, int(host_ids.max()) + 1 if host_ids.numel() else 0)
-            id_to_bin = np.full(size, -1, dtype=np.int64)
-            id_to_bin[cids.numpy()] = np.arange(NUM_BINS, dtype=np.int64)
+            id_to_bin = id_to_bin_table(cids, int(host_ids.max()) + 1 if host_ids.numel() else 0)
         elif host_ids.numel() and int(host_ids.max()) >= len(id_to_bin):
             raise RuntimeError(f"target id {int(host_ids.max())} is outside the vocabulary ({len(id_to_bin)})")
         table = CEWeightTable() if ce_table is None else ce_table
