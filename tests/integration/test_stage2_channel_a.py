@@ -133,8 +133,8 @@ def test_stage2_encoding_rule_names_sample(tiny):
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_two_forwards_ids_then_embeds(tiny, packed):
-    """seed 001 1.3 / 1.3.2 / 1.3.3 / 1.3.4 / 1.7.8 / 1.7.9 / 002 4.3 (A): n=2 runs exactly two forwards and no
-    generate; A1 gets ``input_ids``, iteration 1 ``inputs_embeds`` with ``input_ids=None``; both ``use_cache=False``,
+    """seed 001 1.3, seed 001 1.3.2, seed 001 1.3.3, seed 001 1.3.4, seed 001 1.7.8, seed 001 1.7.9,
+    seed 002 4.3 (A): n=2 runs exactly two forwards and no generate; A1 gets ``input_ids``, iteration 1 ``inputs_embeds`` with ``input_ids=None``; both ``use_cache=False``,
     no ``past_key_values``, no cache returned, the same explicit positions (``[4, 1, T]`` with row 0 restarting per
     segment when packed) and the same real ``pixel_values``. The embedding module is called on the ids (fresh E⁰)
     and on the coord ids (E_c); the embeds differ from E⁰ only at the coord-slot rows (image placeholder rows
