@@ -80,13 +80,55 @@ def _same(a: dict, b: dict, rel: float, keys=COMPARED):
         assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-7), (key, a[key], b[key])
 
 
+# An extra plugin file given beside coordexp's: it counts, per training step, every call of the Qwen3-VL model's
+# forward (with the token source it got and whether grad was on) and of ``generate``, at class level, so the count
+# covers whatever the trainer calls; one JSON line per ``training_step`` in ``<output_dir>/forward_probe.jsonl``.
+FORWARD_PROBE = '''
+import json, os, torch, transformers.trainer as T
+from transformers import Qwen3VLForConditionalGeneration as M
+_calls = []
+_fwd, _gen, _step = M.forward, M.generate, T.Trainer.training_step
+def forward(self, *a, **k):
+    _calls.append({"src": "input_ids" if k.get("input_ids") is not None else "inputs_embeds",
+                   "grad": torch.is_grad_enabled(), "use_cache": k.get("use_cache")})
+    return _fwd(self, *a, **k)
+def generate(self, *a, **k):
+    _calls.append({"src": "generate"})
+    return _gen(self, *a, **k)
+def training_step(self, *a, **k):
+    _calls.clear()
+    out = _step(self, *a, **k)
+    with open(os.path.join(self.args.output_dir, "forward_probe.jsonl"), "a") as f:
+        f.write(json.dumps({"step": self.state.global_step, "calls": list(_calls)}) + "\\n")
+    return out
+M.forward, M.generate, T.Trainer.training_step = forward, generate, training_step
+'''
+
+
 @pytest.fixture(scope="module")
 def smoke_run(compact_model, shapes_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("smoke_a_only")
     out = work / "out"
+    probe = work / "forward_probe_plugin.py"
+    probe.write_text(FORWARD_PROBE)
     cfg = stage2_config("smoke_a_only.yaml", compact_model, shapes_dir / "train.jsonl", out, max_steps=3)
+    cfg["external_plugins"] = [*cfg["external_plugins"], str(probe)]
     proc = _run(cfg, work)
     return proc, out, work / "run.yaml"
+
+
+def test_smoke_a_only_exactly_n_forwards_no_generate(smoke_run):
+    """seed 001 1.3, 1.3.1, issue 9 acceptance ("exactly n forwards per step and no generate"): in the real
+    ``swift sft`` run of ``smoke_a_only.yaml`` (n_softctx_iter 2, em_detach, GA 1) every training step calls the
+    model exactly twice — A1 with ``input_ids`` and grad, then the final iteration with ``inputs_embeds`` and grad
+    (n=2 has no middle no_grad iteration) — always with ``use_cache=False``, and never ``generate``."""
+    proc, out, _ = smoke_run
+    _ok(proc)
+    lines = [json.loads(x) for x in (out / "forward_probe.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in lines] == [0, 1, 2]
+    for rec in lines:
+        assert rec["calls"] == [{"src": "input_ids", "grad": True, "use_cache": False},
+                                {"src": "inputs_embeds", "grad": True, "use_cache": False}], rec
 
 
 def test_smoke_a_only_logs(smoke_run):
