@@ -1,9 +1,9 @@
-"""Stage-1 target masks and token accuracies (SPEC §2.2, §2.5) on ONE forward's logits.
+"""Stage-1 target masks (SPEC §2.2) on ONE forward's labels.
 
 Conventions: ``labels`` [B,T] are unshifted (-100 = ignore) and aligned with ``logits`` [B,T,V]; ``logits[:, t]``
 predicts ``labels[:, t+1]``. Coord positions C = {t : labels[t+1] in V_c}. The loss terms themselves are the
-registry's modules (``teacher_forcing.stage1``); these masks give the counts behind their denominators and the
-accuracies.
+registry's modules (``teacher_forcing.stage1``); these masks give the counts behind their denominators (the
+accuracies of SPEC §2.5 are computed by the objective's metrics, ``teacher_forcing.stage1``).
 """
 from __future__ import annotations
 
@@ -37,25 +37,3 @@ def stage1_masks(labels: torch.Tensor, coord_lut: torch.Tensor, im_end_id: int |
     gate = text & (target != im_end_id) if im_end_id is not None else text
     return Stage1Masks(target=target, coord=coord, text=text, text_gate=gate, bins=bins)
 
-
-def target_rows(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Rows ``logits[b, t]`` [N,V] for the N targets where ``mask`` [B,T-1] is set (position t predicts t+1), and
-    their ``(b, t)`` indices. Gathered by index, so backward writes a single full-size gradient buffer."""
-    b, t = mask.nonzero(as_tuple=True)
-    return logits[b, t], (b, t)
-
-
-@torch.no_grad()
-def token_accuracies(logits: torch.Tensor, masks: Stage1Masks) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(correct, count) of full-vocab argmax for ``token_acc`` (all supervised), ``coord_token_acc``, ``text_token_acc``.
-
-    The argmax runs on supervised rows only, on the raw logits (one read pass, no sanitised copy); a row whose
-    maximum is NaN counts as wrong."""
-    sup = masks.text | masks.coord
-    rows, idx = target_rows(logits, sup)
-    pred = rows.argmax(-1)
-    hit = (pred == masks.target[idx]) & ~torch.isnan(rows.gather(-1, pred[:, None])[:, 0])
-    out = {}
-    for key, mask in (("token_acc", sup), ("coord_token_acc", masks.coord), ("text_token_acc", masks.text)):
-        out[key] = ((hit & mask[idx]).sum(), mask.sum())
-    return out
