@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+import sys
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -159,22 +159,22 @@ def transformers_forward(model: torch.nn.Module, *, has_vision: bool) -> Iterato
     (``origin_forward``); its ``forward`` is restored in ``finally``. No-op when there is no such submodule.
 
     ``has_vision``: the call carries ``pixel_values`` / ``pixel_values_videos``. ``RuntimeError`` when it does not
-    and DeepSpeed is on (``swift.utils.is_deepspeed_enabled``): ms-swift's DeepSpeed branch exists to run a dummy image
-    through the vision tower for text-only batches (ZeRO-3 collective lockstep), which ``origin_forward`` would skip,
-    and that branch itself cannot take ``inputs_embeds`` (it builds the image mask from ``input_ids``)."""
+    and DeepSpeed is on (ms-swift's ``swift.utils.is_deepspeed_enabled``): ms-swift's DeepSpeed branch exists to run a
+    dummy image through the vision tower for text-only batches (ZeRO-3 collective lockstep), which ``origin_forward``
+    would skip, and that branch itself cannot take ``inputs_embeds`` (it builds the image mask from ``input_ids``)."""
     patched = swift_patched_module(model)
     if patched is None:
         yield
         return
-    if not has_vision:
-        from swift.utils import is_deepspeed_enabled
-
-        if is_deepspeed_enabled():
-            raise RuntimeError(
-                "an inputs_embeds forward without pixel_values under DeepSpeed: ms-swift's Qwen3-VL forward (its "
-                "DeepSpeed branch) builds the image mask from input_ids and cannot take inputs_embeds, and "
-                "transformers' forward would skip the vision tower that ms-swift runs on a dummy image to keep "
-                "ZeRO-3 ranks in lockstep; every coordexp sample must carry its image")
+    # ms-swift's flag, read from the already-imported module (the patch exists only once ms-swift loaded the model):
+    # no import of ms-swift here, the preamble stays usable on any model (layering)
+    swift_utils = sys.modules.get("swift.utils")
+    if not has_vision and swift_utils is not None and swift_utils.is_deepspeed_enabled():
+        raise RuntimeError(
+            "an inputs_embeds forward without pixel_values under DeepSpeed: ms-swift's Qwen3-VL forward (its "
+            "DeepSpeed branch) builds the image mask from input_ids and cannot take inputs_embeds, and "
+            "transformers' forward would skip the vision tower that ms-swift runs on a dummy image to keep "
+            "ZeRO-3 ranks in lockstep; every coordexp sample must carry its image")
     own = vars(patched).get("forward")
     patched.forward = vars(patched)["origin_forward"]
     try:

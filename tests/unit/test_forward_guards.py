@@ -138,4 +138,4 @@ def test_layering():
     from coordexp_swift.trainers import forwards
     from tests.layering import top_level_imports
 
-    assert top_level_imports(forwards) <= {"torch", "itertools", "dataclasses", "typing"}
+    assert top_level_imports(forwards) <= {"torch", "itertools", "dataclasses", "typing", "contextlib", "sys"}
