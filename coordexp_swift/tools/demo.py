@@ -41,7 +41,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "demo" / "stage1_shapes.yaml"
-PLUGIN_FILE = REPO / "plugins" / "coordexp.py"
 MODEL_TEMPLATE = "qwen3_vl_compact"
 
 
@@ -67,6 +66,8 @@ class DemoData:
 DEMO_DATA = DemoData(n_train=4000, n_val=100)
 #: ``--quick``: the same curriculum, just enough data for a smoke run.
 QUICK_DATA = DemoData(n_train=64, n_val=8)
+#: TinyModelSpec fields the demo changes from the defaults.
+DEMO_MODEL_SPEC: dict[str, Any] = {}
 QUICK_MAX_STEPS = 80
 QUICK_BUDGET_MIN = 3.0
 
@@ -182,7 +183,8 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
 
 
 def build_run_config(template_yaml: str | os.PathLike[str], *, model_dir: Path, shapes_dir: Path,
-                     output_dir: Path, variant: Variant, max_steps: int | None = None) -> dict[str, Any]:
+                     output_dir: Path, variant: Variant, max_steps: int | None = None,
+                     sets: Sequence[str] = ()) -> dict[str, Any]:
     """The demo YAML with absolute paths filled in (model, train/val JSONL, output dir, plugin) + the variant's
     overrides (+ ``max_steps`` for ``--quick``). Raises ValueError when the template lacks a required key."""
     cfg = yaml.safe_load(Path(template_yaml).read_text(encoding="utf-8"))
@@ -194,7 +196,8 @@ def build_run_config(template_yaml: str | os.PathLike[str], *, model_dir: Path, 
                              f"checkpoints and the {MODEL_TEMPLATE} template)")
     cfg.update(model=str(model_dir), dataset=[str(shapes_dir / "train.jsonl")],
                val_dataset=[str(shapes_dir / "val.jsonl")], output_dir=str(output_dir), add_version=False,
-               external_plugins=[str(PLUGIN_FILE)])
+               external_plugins=["coordexp_swift"])
+    cfg = set_yaml_keys(cfg, sets)
     if max_steps is not None:
         cfg["max_steps"] = max_steps
         cfg["save_steps"] = min(int(cfg["save_steps"]), max_steps)
@@ -211,13 +214,14 @@ def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def run_swift_sft(run_yaml: Path, output_dir: Path, *, budget_s: float, max_steps: int, log: Path,
-                  command: Sequence[str] | None = None) -> TrainOutcome:
+                  command: Sequence[str] | None = None, threads: int = 1) -> TrainOutcome:
     """``swift sft run_yaml`` (or ``command``) in a subprocess (cwd = repo, OMP_NUM_THREADS=1), its own process
     group. After ``budget_s`` seconds the group is terminated and the newest ``checkpoint-*`` is used.
     RuntimeError if it fails or leaves no checkpoint."""
     command = list(command) if command is not None else [str(Path(sys.executable).with_name("swift")), "sft",
                                                           str(run_yaml)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1"}
     t0 = time.monotonic()
     stopped = False
@@ -297,14 +301,15 @@ def previous_run(run_yaml: Path, cfg: Mapping[str, Any], output_dir: Path, log: 
 
 
 def train_and_evaluate(variant: Variant, *, out: Path, template_yaml: Path, model_dir: Path, shapes_dir: Path,
-                       budget_s: float, max_steps: int | None, progress: bool, reuse: bool = False) -> VariantResult:
+                       budget_s: float, max_steps: int | None, progress: bool, reuse: bool = False,
+                       sets: Sequence[str] = (), max_new_tokens: int = 256, threads: int = 1) -> VariantResult:
     """One variant end to end: YAML → ``swift sft`` → generate + COCO eval → stats, plots, export."""
     from coordexp_swift.eval.cli import generate_and_evaluate
     from coordexp_swift.eval.visualize import draw_overlays, plot_training_curves
 
     output_dir = out / f"train_{variant.name}"
     cfg = build_run_config(template_yaml, model_dir=model_dir, shapes_dir=shapes_dir, output_dir=output_dir,
-                           variant=variant, max_steps=max_steps)
+                           variant=variant, max_steps=max_steps, sets=sets)
     run_yaml = out / f"run_{variant.name}.yaml"
     train = previous_run(run_yaml, cfg, output_dir, out / f"train_{variant.name}.log") if reuse else None
     if train is None:
@@ -314,14 +319,14 @@ def train_and_evaluate(variant: Variant, *, out: Path, template_yaml: Path, mode
         print(f"[demo] training {variant.label}: swift sft {run_yaml} (max_steps {cfg['max_steps']}, budget "
               f"{budget_s / 60:.1f} min)", flush=True)
         train = run_swift_sft(run_yaml, output_dir, budget_s=budget_s, max_steps=int(cfg["max_steps"]),
-                              log=out / f"train_{variant.name}.log")
+                              log=out / f"train_{variant.name}.log", threads=threads)
     else:
         print(f"[demo] reusing the finished run {output_dir} ({train.checkpoint.name})", flush=True)
     print(f"[demo] trained {train.steps_done}/{train.max_steps} steps in {train.wall_s / 60:.1f} min"
           f"{' (stopped by the time budget)' if train.stopped_by_budget else ''}", flush=True)
     eval_dir = out / f"eval_{variant.name}"
     records, result = generate_and_evaluate(train.checkpoint, shapes_dir / "val.jsonl", eval_dir,
-                                            batch_size=25, max_new_tokens=256, progress=progress)
+                                            batch_size=25, max_new_tokens=max_new_tokens, progress=progress)
     stats = matched_box_stats(records)
     coco = {k: float(result["metrics"][k]) for k in ("bbox_AP", "bbox_AP50", "bbox_AP75")}
     curves_png = out / f"loss_curves_{variant.name}.png"
@@ -335,6 +340,12 @@ def train_and_evaluate(variant: Variant, *, out: Path, template_yaml: Path, mode
                "eval_dir": str(eval_dir)}
     export_dir = _export(train, out / f"export_{variant.name}", metrics)
     return VariantResult(variant, train, eval_dir, coco, stats, curves_png, overlays_png, export_dir, finite, keys)
+
+
+def eval_max_new_tokens(data: DemoData) -> int:
+    """Generation cap of the demo eval: 32 tokens per object at most + 32 (a CoordJSON object of the shapes set is
+    ~15 tokens with the compact vocabulary), so an untrained model's runaway output stays cheap."""
+    return 32 + 32 * data.max_objects
 
 
 def validate_split(jsonl: Path) -> tuple[int, int]:
@@ -447,6 +458,45 @@ OFFLINE_COMPARISON = "\n".join([
 ])
 
 
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(obj: Any, pairs: Sequence[str], what: str) -> Any:
+    """``dataclasses.replace`` of a frozen dataclass with ``KEY=VALUE`` pairs (values parsed as YAML; comma lists
+    become tuples for tuple fields). ValueError names the bad key and the valid ones."""
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in names:
+            raise ValueError(f"{what} override {pair!r}: expected KEY=VALUE with KEY one of {', '.join(names)}")
+        current = getattr(obj, key)
+        if isinstance(current, tuple):
+            val = tuple(_parse_value(x) for x in raw.split(",") if x.strip())
+        else:
+            val = _parse_value(raw)
+        changes[key] = val
+    return dataclasses.replace(obj, **changes)
+
+
+def set_yaml_keys(cfg: dict[str, Any], pairs: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=VALUE`` pairs (values parsed as YAML) to a run config (``--set``)."""
+    out = copy.deepcopy(cfg)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected dotted.key=VALUE (e.g. learning_rate=1e-3)")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {pair!r}: {part!r} is not a mapping in the run config")
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coordexp-swift demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
@@ -457,6 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train plain CE (coord_soft_ce_w1.enabled: false) on the same data and budget")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo swift sft YAML (paths are filled in)")
     p.add_argument("--max-steps", type=int, default=None, help="override the YAML's max_steps")
+    p.add_argument("--seed", type=int, default=None, help="override the YAML's training seed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-config key (dotted for nested, value parsed as YAML); repeatable")
+    p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the shapes curriculum (DemoData; lists comma-separated); repeatable")
+    p.add_argument("--model-spec", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the tiny model's TinyModelSpec; repeatable")
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="OMP/MKL threads of the training subprocess (default 1: measured fastest on 2 cores)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse OUT/tiny_model, OUT/shapes and finished training runs of the same YAML if present")
     return p
@@ -470,19 +529,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.monotonic()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = QUICK_DATA if args.quick else DEMO_DATA
+    from coordexp_swift.tools.tiny_model import TinyModelSpec
+
+    try:
+        data = apply_overrides(QUICK_DATA if args.quick else DEMO_DATA, args.data, "--data")
+        spec = apply_overrides(dataclasses.replace(TinyModelSpec(), **DEMO_MODEL_SPEC), args.model_spec,
+                               "--model-spec")
+        sets = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
+        set_yaml_keys({}, sets)
+    except (ValueError, TypeError) as exc:
+        print(f"coordexp-swift demo: {exc}", file=sys.stderr)
+        return 2
     budget_min = args.budget_min if args.budget_min is not None else (QUICK_BUDGET_MIN if args.quick else 10.0)
     if budget_min <= 0:
         print(f"coordexp-swift demo: --budget-min {budget_min}: must be > 0", file=sys.stderr)
         return 2
     max_steps = args.max_steps if args.max_steps is not None else (QUICK_MAX_STEPS if args.quick else None)
     template_yaml = Path(args.config)
-    seed = int(yaml.safe_load(template_yaml.read_text(encoding="utf-8")).get("seed", 0))
+    seed = args.seed if args.seed is not None else int(
+        yaml.safe_load(template_yaml.read_text(encoding="utf-8")).get("seed", 0))
 
     model_dir = out / "tiny_model"
     if not (args.reuse and (model_dir / "coordexp_tiny_model.json").exists()):
         print("[demo] building the compact tiny Qwen3-VL", flush=True)
-        build_tiny_model(model_dir, seed=0, vocab="compact")
+        build_tiny_model(model_dir, seed=0, vocab="compact", spec=spec)
     shapes_dir = out / "shapes"
     if not (args.reuse and (shapes_dir / "summary.json").exists()):
         print(f"[demo] writing shapes: {data.n_train} train / {data.n_val} val", flush=True)
@@ -497,7 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [MAIN, PLAIN_CE] if args.compare else [MAIN]
     results = [train_and_evaluate(v, out=out, template_yaml=template_yaml, model_dir=model_dir,
                                   shapes_dir=shapes_dir, budget_s=budget_min * 60, max_steps=max_steps,
-                                  progress=False, reuse=args.reuse) for v in variants]
+                                  progress=False, reuse=args.reuse, sets=sets,
+                                  max_new_tokens=eval_max_new_tokens(data), threads=args.train_threads)
+               for v in variants]
     report = render_report(results, out=out, data=data, seed=seed, model_dir=model_dir, shapes_dir=shapes_dir,
                            split_counts=split_counts, quick=args.quick, budget_min=budget_min,
                            offline_comparison=OFFLINE_COMPARISON)

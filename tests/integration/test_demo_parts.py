@@ -68,7 +68,7 @@ def test_build_run_config_fills_paths_and_variant(tmp_path, repo_root):
     assert cfg["dataset"] == [str(tmp_path / "s" / "train.jsonl")]
     assert cfg["val_dataset"] == [str(tmp_path / "s" / "val.jsonl")]
     assert cfg["output_dir"] == str(tmp_path / "o") and cfg["add_version"] is False
-    assert cfg["external_plugins"] == [str(repo_root / "plugins" / "coordexp.py")]
+    assert cfg["external_plugins"] == ["coordexp_swift"]  # the installed plugin, by name (issue 11 item 6)
     assert cfg["max_steps"] == 7 and cfg["save_steps"] == 7
     assert cfg["custom"]["coord_soft_ce_w1"]["enabled"] is False
     # everything else identical to the template (the comparison differs in exactly one key)
