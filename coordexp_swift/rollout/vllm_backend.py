@@ -24,10 +24,11 @@ Contracts this module adds (SPEC §3.6 B0):
   ``infer`` call with ``seed`` = the run's first seed (ms-swift adds ``j``); the 31-bit wrap (``norm``) starts a new
   run, so every request gets exactly its SPEC seed. Greedy (``temperature 0``) never reads a seed.
 * **Prompt ids**: before a request is sent, its ``vllm``-mode encoding (one ``<|image_pad|>`` per image, vLLM
-  expands it) is checked against the training encoding (:class:`~coordexp_swift.rollout.prompts.PromptEncoder`,
-  image pads expanded) with every run of image pads collapsed to one: RuntimeError naming the sample if the text
-  ids differ or the training prompt's image-pad count is not the one the grid gives. ``RolloutOutput.prompt_ids``
-  is the training encoding.
+  expands it) is checked against the training encoding — the sample's ``prompt_ids`` when given (the trainer passes
+  the training row's own prompt ids, :func:`coordexp_swift.trainers.channel_b.rollout_requests`), else
+  :class:`~coordexp_swift.rollout.prompts.PromptEncoder` on the row (image pads expanded) — with every run of
+  image pads collapsed to one: RuntimeError naming the sample if the text ids differ or the training prompt has
+  not one image-pad run per image. ``RolloutOutput.prompt_ids`` is the training encoding.
 * **Stop**: response = generated ids through the first ``<|im_end|>`` (appended when vLLM reports
   ``finish_reason == 'stop'`` without returning the stop id) or the first ``max_new_tokens`` ids (``truncated``).
 * **Order**: outputs in input order whatever order the engine finishes requests in.
@@ -35,9 +36,12 @@ Contracts this module adds (SPEC §3.6 B0):
   step ``step`` whose rollouts must see the current weights (the engine starts from the checkpoint on disk, so a
   run's first B step needs it too). Idempotent per step: a second call with the same ``step`` (gradient
   accumulation micro-steps, the eval step) copies nothing. Every rank must call it (ZeRO-3 gathers are
-  collectives). ``force=True`` syncs again (e.g. after loading a checkpoint).
+  collectives); ``ChannelB.prepare_rollouts`` does, before each step's first rollout. ``force=True`` syncs again
+  (e.g. after loading a checkpoint). Under ZeRO-3 (the trainer's ``accelerator`` has a stage-3 DeepSpeed plugin)
+  the parameters are gathered group by group with ms-swift's ``split_batches`` (one decoder layer per group), so
+  no rank materialises the whole model at once.
 * ``decode_mode: beam`` is not offered by this backend (``ValueError``); ``EncodedPrompt`` inputs neither (vLLM
-  takes the raw images: pass ms-swift rows).
+  takes the raw images: pass ms-swift rows — ``messages`` + ``images``, optionally ``prompt_ids``).
 """
 from __future__ import annotations
 
@@ -93,6 +97,9 @@ class _SwiftVllmSync:
 
     @staticmethod
     def build(model: Any, engine: Any, accelerator: Any = None) -> Any:
+        """The sync state. Parameter groups: one group (ms-swift's default) unless ZeRO-3 partitions the weights;
+        then ms-swift's own ``split_batches`` with ``move_model_batches`` = the language model's layer count, so
+        each ``GatheredParameters`` holds one decoder layer (then the embeddings/head, then the vision tower)."""
         from types import SimpleNamespace
 
         from swift.rlhf_trainers.rollout_mixin import RolloutTrainerMixin
@@ -110,12 +117,26 @@ class _SwiftVllmSync:
         s.base_sync_done = False
         s.parameter_groups, s.parameter_groups_no_lora = [None], [None]
         s.args = SimpleNamespace(async_generate=False, tuner_type="lora" if hasattr(model, "peft_config") else "full",
-                                 sleep_level=0, report_to=[])
+                                 sleep_level=0, report_to=[], move_model_batches=None)
         if accelerator is None:  # no trainer: one process, no DeepSpeed
             accelerator = SimpleNamespace(device=next(model.parameters()).device, unwrap_model=lambda m: m,
                                           is_main_process=True, state=SimpleNamespace(deepspeed_plugin=None))
         s.accelerator = accelerator
+        plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+        if plugin is not None and getattr(plugin, "zero_stage", 0) == 3 and hasattr(model, "model_meta"):
+            s.args.move_model_batches = _num_llm_layers(model)
+            s.parameter_groups, s.parameter_groups_no_lora = s.split_batches()
         return s
+
+
+def _num_llm_layers(model: Any) -> int | None:
+    """Decoder layer count of the (possibly multimodal) model's language model, from its config."""
+    cfg = getattr(model, "config", None)
+    for c in (getattr(cfg, "text_config", None), cfg):
+        n = getattr(c, "num_hidden_layers", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
 
 
 class VllmRolloutBackend:
@@ -188,7 +209,8 @@ class VllmRolloutBackend:
                              "EncodedPrompt: vLLM needs the raw images")
         messages = prompt_messages(sample["messages"])
         images = list(sample.get("images") or [])
-        train_ids = self.encoder.encode(sample).input_ids
+        # the trainer passes the row's training prompt ids; otherwise encode the row like training does
+        train_ids = sample.get("prompt_ids") or self.encoder.encode(sample).input_ids
         with template_mode(self.template, "vllm"):
             vllm_ids = self.template.encode({"messages": messages, **({"images": images} if images else {})})[
                 "input_ids"]

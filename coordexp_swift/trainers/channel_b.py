@@ -13,7 +13,11 @@ One B micro-step (:meth:`ChannelB.step`)::
 Prompts: the rollout prompt of a row is its training ``input_ids`` up to the first labelled position with the
 row's own ``pixel_values`` / ``image_grid_thw`` / ``mm_token_type_ids`` (an
 :class:`~coordexp_swift.rollout.prompts.EncodedPrompt`, never re-encoded), so the teacher-forced forward's prompt
-ids equal the generation prompt ids by construction. The generated response is cut at its first ``<|im_end|>``
+ids equal the generation prompt ids by construction. ``rollout_backend: vllm`` encodes itself from the raw row
+(``rollout_requests``: messages + images from the loader's ``coordexp_rollout_request`` column, plus the training
+prompt ids it must reproduce); every backend's ``RolloutOutput.prompt_ids`` is checked equal to the training prompt
+ids (``RuntimeError``). Backends with their own weights (vLLM) are synced once per optimizer step that rolls out,
+before its first rollout (:meth:`ChannelB.prepare_rollouts`). The generated response is cut at its first ``<|im_end|>``
 (backend contract); ``Y_train`` = parser prefix + FN fragment + ``<|im_end|>`` (``rollout/targets.py``).
 
 Seeds (§3.6 B0): ``seed_base = norm(training.seed + s·1000003)`` per optimizer step ``s``; each B micro-step logs
@@ -41,6 +45,7 @@ import numpy as np
 import torch
 
 from coordexp_swift.coord.vocab import VocabView
+from coordexp_swift.data.rollout_request import ROLLOUT_REQUEST_COLUMN
 from coordexp_swift.rollout.backends import DecodeOptions, RolloutOutput, build_backend
 from coordexp_swift.rollout.match import match_predictions
 from coordexp_swift.rollout.parse import parse_rollout
@@ -53,7 +58,8 @@ from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, PipelineR
 from coordexp_swift.trainers.channel_a import encode_gt_targets
 from coordexp_swift.trainers.forwards import forward, segment_inputs
 
-__all__ = ["BStepOutput", "ChannelB", "GTRow", "audit_b_step", "rollout_metrics", "rollout_prompts", "rollout_targets"]
+__all__ = ["BStepOutput", "ChannelB", "GTRow", "audit_b_step", "rollout_metrics", "rollout_prompts",
+           "rollout_requests", "rollout_targets"]
 
 logger = logging.getLogger("swift.coordexp_swift")
 
@@ -80,6 +86,24 @@ def gt_rows(rows: Sequence[Mapping[str, Any]], vocab: VocabView, *, object_field
         payload = extra["assistant_payload"]
         payload = json.loads(payload) if isinstance(payload, str) else payload
         out.append(GTRow(prompt_ids=target.prompt_ids, payload=payload, segment=seg, extra=extra))
+    return out
+
+
+def rollout_requests(rows: Sequence[GTRow]) -> list[dict[str, Any]]:
+    """The generation requests of ``rows`` for a backend that encodes itself (vLLM): the row's raw ``messages``
+    (no assistant turn) and ``images`` from ``_extra_kwargs[ROLLOUT_REQUEST_COLUMN]`` (written by the coordexp
+    dataset loader), plus ``prompt_ids`` = the training prompt ids the backend must reproduce."""
+    out = []
+    for i, r in enumerate(rows):
+        raw = r.extra.get(ROLLOUT_REQUEST_COLUMN)
+        if raw is None:
+            raise ValueError(f"row {i} (sample_id {r.extra.get('sample_id')}) has no {ROLLOUT_REQUEST_COLUMN!r} "
+                             "column: rollout_backend: vllm needs the raw messages and images, which the coordexp "
+                             "dataset loader adds (datasets given as coordexp JSONL files, remove_unused_columns: "
+                             "false)")
+        req = json.loads(raw) if isinstance(raw, str) else dict(raw)
+        out.append({"messages": req["messages"], "images": list(req.get("images") or []),
+                    "prompt_ids": tuple(int(t) for t in r.prompt_ids)})
     return out
 
 
@@ -221,13 +245,20 @@ class ChannelB:
 
     ``rm``: the ``rollout_matching`` config; ``template``: the training ms-swift template; ``objective``: the run's
     :class:`ObjectivePipeline`; ``training_seed``: ``TrainingArguments.seed``; ``world_size`` / ``rank`` /
-    ``per_device_bs``: for request seeds (vLLM). The backend is built lazily on the first rollout (the unwrapped
-    model: DDP/DeepSpeed wrappers have no ``generate``); ``rollout_backend: vllm`` without the package fails here.
+    ``per_device_bs``: for request seeds (vLLM); ``accelerator``: the trainer's (vLLM weight sync under ZeRO-3).
+    The backend is built lazily on the first rollout (the unwrapped model: DDP/DeepSpeed wrappers have no
+    ``generate``); ``rollout_backend: vllm`` without the package fails here.
+
+    Backends that keep their own copy of the weights (vLLM) are synced by :meth:`prepare_rollouts` before the first
+    rollout of every optimizer step ``s`` that rolls out (B micro-steps, the eval step) and only once per ``s``;
+    Channel-A steps never touch the backend. Every rank calls it at the same points (ZeRO-3 gathers are
+    collectives).
     """
 
     def __init__(self, *, rm: Any, template: Any, vocab: VocabView, objective: ObjectivePipeline, packed: bool,
                  pad_id: int, max_length: Optional[int], object_field_order: str, training_seed: int,
-                 world_size: int = 1, rank: int = 0, per_device_bs: Optional[int] = None) -> None:
+                 world_size: int = 1, rank: int = 0, per_device_bs: Optional[int] = None,
+                 accelerator: Any = None) -> None:
         self.rm = rm
         self.template = template
         self.vocab = vocab
@@ -238,6 +269,7 @@ class ChannelB:
         self.field_order = object_field_order
         self.training_seed = int(training_seed)
         self.world_size, self.rank, self.per_device_bs = int(world_size), int(rank), per_device_bs
+        self.accelerator = accelerator
         self.decode = DecodeOptions.from_config(rm)
         self.eval_decode = DecodeOptions.from_config(rm, greedy=True)
         self._backend = None
@@ -256,17 +288,26 @@ class ChannelB:
                    packed=packed, pad_id=int(tok.pad_token_id if tok.pad_token_id is not None else vocab.eos_id),
                    max_length=trainer.template.max_length, object_field_order=cfg.custom.object_field_order,
                    training_seed=int(args.seed), world_size=int(args.world_size), rank=int(args.process_index),
-                   per_device_bs=int(args.per_device_train_batch_size))
+                   per_device_bs=int(args.per_device_train_batch_size),
+                   accelerator=getattr(trainer, "accelerator", None))
 
     # --- B0 -----------------------------------------------------------------------------------------------------
     def backend(self, model: torch.nn.Module):
         """The rollout backend on the unwrapped ``model`` (built once per model object)."""
         inner = _unwrap(model)
         if self._backend is None or self._backend_model is not inner:
-            kw = {"vllm_config": self.rm.vllm} if self.rm.rollout_backend == "vllm" else {}
+            kw = {"vllm_config": self.rm.vllm, "accelerator": self.accelerator} \
+                if self.rm.rollout_backend == "vllm" else {}
             self._backend = build_backend(self.rm.rollout_backend, inner, self.template, **kw)
             self._backend_model = inner
         return self._backend
+
+    def prepare_rollouts(self, model: torch.nn.Module, *, step: int) -> None:
+        """Make the backend's weights those of optimizer step ``step`` (``sync_weights(step)``: a no-op for a
+        backend that generates with the trained model itself, idempotent per ``step`` otherwise)."""
+        sync = getattr(self.backend(model), "sync_weights", None)
+        if sync is not None:
+            sync(step)
 
     def rollout(self, model: torch.nn.Module, rows: Sequence[GTRow], *, step: int, micro_idx: int = 0,
                 decode: Optional[DecodeOptions] = None) -> list[RolloutOutput]:
@@ -277,11 +318,14 @@ class ChannelB:
                                       rank=self.rank, per_device_bs=self.per_device_bs)
         logger.info("Channel-B rollout: s=%d micro_idx=%d seed_base=%d rank=%d n=%d backend=%s", step, micro_idx,
                     seeds.base, self.rank, len(rows), self.rm.rollout_backend)
-        outs = self.backend(model).generate(rollout_prompts(rows), decode=decode or self.decode, seeds=seeds)
+        self.prepare_rollouts(model, step=step)
+        backend = self.backend(model)
+        samples = rollout_requests(rows) if self.rm.rollout_backend == "vllm" else rollout_prompts(rows)
+        outs = backend.generate(samples, decode=decode or self.decode, seeds=seeds)
         if len(outs) != len(rows):
             raise RuntimeError(f"rollout backend returned {len(outs)} outputs for {len(rows)} prompts")
         for r, o in zip(rows, outs):
-            if self.rm.rollout_backend == "hf" and tuple(o.prompt_ids) != tuple(int(i) for i in r.prompt_ids):
+            if tuple(o.prompt_ids) != tuple(int(i) for i in r.prompt_ids):
                 raise RuntimeError("the rollout prompt ids differ from the training prompt ids (SPEC §3.6 B4)")
         return outs
 
