@@ -348,11 +348,12 @@ def build_run_context(top_level: Mapping[str, Any], *, config_path: str | None =
 
 def write_resolved_config(ctx: RunContext, output_dir: str) -> str:
     """Write ``<output_dir>/coordexp_config.json`` (resolved coordexp sections + run context + ``data_skipped``:
-    reason → count of samples left out so far under ``custom.data.on_bad_sample: skip``); return its path."""
+    the samples left out before training under ``custom.data.on_bad_sample: skip``, ``{"counts": reason → n,
+    "total": n, "list": <output_dir>/coordexp_skipped.jsonl or null}``); return its path."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "coordexp_config.json")
     loader = sys.modules.get("coordexp_swift.data.swift_loader")
-    skipped = dict(getattr(loader, "SKIP_COUNTS", {}) or {})
+    skipped = loader.skip_summary() if loader is not None else {"counts": {}, "total": 0, "list": None}
     payload = {"config_path": ctx.config_path, "variant": ctx.config.variant, **ctx.config.to_dict(),
                "data_skipped": skipped}
     with open(path, "w", encoding="utf-8") as f:

@@ -396,17 +396,20 @@ def iter_jsonl(path: str | os.PathLike[str], *, stage: Stage,
 @dataclass(frozen=True)
 class LoadedRecords:
     """What :func:`load_records` read: the kept ``records``, ``locations[i]`` = ``"<abs path>:<line>"`` of
-    ``records[i]``, and the skipped samples (``skipped``: reason → count; ``skip_messages``: one line each)."""
+    ``records[i]``, and the skipped samples (``skipped``: reason → count; ``skip_messages``: one line each;
+    ``skipped_samples``: one ``(reason, "<abs path>:<line>", detail)`` each, in file order)."""
 
     path: str
     records: tuple[Record, ...]
     locations: tuple[str, ...]
     skipped: Mapping[str, int]
     skip_messages: tuple[str, ...]
+    skipped_samples: tuple[tuple[str, str, str], ...] = ()
 
 
-#: reasons :func:`load_records` can skip under ``on_bad_sample: skip`` (``over_length`` is counted at encode time).
-SKIP_REASONS: tuple[str, ...] = ("missing_image", "over_length")
+#: reasons a sample can be left out for under ``on_bad_sample: skip``: ``missing_image`` (:func:`load_records`);
+#: ``over_length`` / ``encode_error`` (the template's own encode, in the start-up pass of ``data.swift_loader``).
+SKIP_REASONS: tuple[str, ...] = ("missing_image", "over_length", "encode_error")
 
 
 def load_records(path: str | os.PathLike[str], *, stage: Stage, literals: frozenset[str] = FORBIDDEN_LITERALS,
@@ -423,6 +426,7 @@ def load_records(path: str | os.PathLike[str], *, stage: Stage, literals: frozen
     locations: list[str] = []
     skipped: dict[str, int] = {}
     messages: list[str] = []
+    samples: list[tuple[str, str, str]] = []
     for rec in iter_jsonl(abspath, stage=stage, literals=literals):
         where = f"{abspath}:{rec.sample_id + 1}"
         if not os.path.isfile(rec.image):
@@ -432,13 +436,14 @@ def load_records(path: str | os.PathLike[str], *, stage: Stage, literals: frozen
                                  f"samples out, counted)")
             skipped["missing_image"] = skipped.get("missing_image", 0) + 1
             messages.append(f"{msg} (skipped: missing_image)")
+            samples.append(("missing_image", where, f"image file not found: {rec.image}"))
             continue
         records.append(rec)
         locations.append(where)
     if not records:
         detail = f" ({sum(skipped.values())} skipped: {skipped})" if skipped else ""
         raise ValueError(f"{abspath}: no records{detail}")
-    return LoadedRecords(abspath, tuple(records), tuple(locations), skipped, tuple(messages))
+    return LoadedRecords(abspath, tuple(records), tuple(locations), skipped, tuple(messages), tuple(samples))
 
 
 def check_stage2_encoding(sample_id: int, n_objects: int, n_coord_tokens: int) -> None:
