@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,61 @@ def test_cpu_walkthrough_runs_end_to_end(tmp_path):
     for png in (out / "curves_stage1.png", out / "curves_stage2.png", out / "boxes_stage2.png", ev / "overlays.png"):
         data = png.read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000, png
+
+
+RECIPE = REPO / "examples" / "coco" / "recipe.sh"
+
+
+def _fake_coco(root: Path, shapes_dir: Path) -> None:
+    """COCO 2017 layout on shapes images: 3 train + 2 val images, one box each, categories person / traffic light;
+    every box is [10, 12, 40, 30.5] (x, y, w, h) on a 128x128 image."""
+    (root / "annotations").mkdir(parents=True)
+    for split, n in (("train", 3), ("val", 2)):
+        (root / f"{split}2017").symlink_to(shapes_dir / "images")
+        images = [{"id": i + 1, "file_name": f"{split}_{i:06d}.png", "width": 128, "height": 128} for i in range(n)]
+        anns = [{"id": 10 * i + 1, "image_id": i + 1, "category_id": 1 + i % 2, "bbox": [10.0, 12.0, 40.0, 30.5],
+                 "area": 1220.0, "iscrowd": 0} for i in range(n)]
+        cats = [{"id": 1, "name": "person"}, {"id": 2, "name": "traffic light"}]
+        (root / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+
+
+def test_coco_recipe_check_only_prepares_and_validates(tmp_path, shapes_dir):
+    """issue 12 item 5: ``CHECK_ONLY=1 examples/coco/recipe.sh`` (COCO_ROOT = a 5-image fake COCO on shapes images,
+    MODEL = the tiny Qwen3-VL built *without* coord tokens) runs its real first half from a directory outside the
+    clone: convert-coco (both splits), expand-vocab, both run YAMLs filled from the shipped configs and accepted by
+    ``validate-config --data``, then stops before training. Golden boxes by hand from SPEC §1 (c = x/(W−1),
+    k = floor(999·c + 0.5), W = H = 128): x1 = 10 → 79, y1 = 12 → 94, x2 = 50 → 393, y2 = 42.5 → 334."""
+    from coordexp_swift.tools.tiny_model import build_tiny_model
+    from transformers import AutoTokenizer
+
+    model = build_tiny_model(tmp_path / "model", seed=0, with_coord_tokens=False)
+    _fake_coco(tmp_path / "coco", shapes_dir)
+    work, out = tmp_path / "cwd", tmp_path / "run"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
+           "COCO_ROOT": str(tmp_path / "coco"), "MODEL": str(model), "OUT": str(out), "CHECK_ONLY": "1"}
+    proc = subprocess.run(["bash", str(RECIPE)], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+    assert "no training started" in proc.stdout and not (out / "stage1").exists()
+
+    train = [json.loads(ln) for ln in _lines(out / "data" / "train.jsonl")]
+    assert [r["objects"][0]["desc"] for r in train] == ["person", "traffic light", "person"]
+    assert all(r["objects"][0]["bbox_2d"] == ["<|coord_79|>", "<|coord_94|>", "<|coord_393|>", "<|coord_334|>"]
+               for r in train)
+    assert len(_lines(out / "data" / "val.jsonl")) == 2
+    tok = AutoTokenizer.from_pretrained(out / "base_coord")
+    assert tok.convert_tokens_to_ids("<|coord_999|>") - tok.convert_tokens_to_ids("<|coord_0|>") == 999
+
+    import yaml
+
+    s1 = yaml.safe_load((out / "stage1.yaml").read_text())
+    s2 = yaml.safe_load((out / "stage2.yaml").read_text())
+    for name in ("stage1.yaml", "stage2.yaml"):  # every <PLACEHOLDER> filled (comments aside)
+        body = [ln.split(" #")[0] for ln in (out / name).read_text().splitlines() if not ln.lstrip().startswith("#")]
+        assert not re.search(r"<[A-Z][A-Z0-9_]*>", "\n".join(body)), name
+    assert s1["model"] == str(out / "base_coord") and s1["output_dir"] == str(out / "stage1")
+    assert s1["deepspeed"] == str(REPO / "configs" / "deepspeed" / "zero2.json")
+    assert s2["model"] == str(out / "stage1" / "last-checkpoint") and s2["output_dir"] == str(out / "stage2")
+    assert s2["custom"]["trainer_variant"] == "stage2_two_channel" and s2["stage2_ab"]["schedule"]["b_ratio"] == 0.25
+    assert s1["dataset"] == s2["dataset"] == [str(out / "data" / "train.jsonl")]
