@@ -1,5 +1,7 @@
 """Multi-node launch (issue 12 item 3): ``examples/multinode/stage1.sh`` started as two "nodes" on 127.0.0.1 (one
-CPU process each, DeepSpeed ZeRO-2, gloo) logs the same Stage-1 steps as one node x 2 processes."""
+CPU process each, DeepSpeed ZeRO-2, gloo) logs the same Stage-1 steps as one node x 2 processes; and
+``examples/multinode/two_channel.sh`` (DDP) the same Stage-2 two-channel A and B steps, with the A/B schedule and the
+Channel-B seeds consistent across ranks and nodes."""
 from __future__ import annotations
 
 import os
