@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.coordexp-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-fast bench install clean-demo
+.PHONY: demo study test test-fast bench install clean-demo
 
 # setup.cfg holds compatible ranges (for installing the plugin into an existing ms-swift environment);
 # constraints.txt the exact tested set, which this install (and so `make test`, i.e. CI) uses.
@@ -29,6 +29,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/coordexp-swift demo --out $(DEMO_OUT)
+
+study: $(STAMP)
+	$(BIN)/coordexp-swift demo --study --out study_out
 
 bench: $(STAMP)
 	$(BIN)/python bench/stage1.py
