@@ -15,6 +15,27 @@ or a repetition penalty) never leaks into rollouts.
 ``decode.logprobs``: a logits processor (:class:`_ChosenLogprobs`) keeps the step's ``log_softmax`` of the raw
 logits (HF applies custom processors before the sampling warpers, and no other processor is configured) and, at the
 next step, gathers the id that was chosen — O(batch) memory per step on the device, one host copy per batch.
+
+DeepSpeed ZeRO-3: the trained model's weights are partitioned over the ranks, and its forward hooks all-gather every
+submodule's weights per forward and release them after (one collective per submodule per generated token, in
+lockstep across ranks). :meth:`HFRolloutBackend.generate` therefore runs inside ms-swift's
+``swift.utils.unwrap_model_for_generation(engine, accelerator)`` (TRL's: gather every parameter once with
+``deepspeed.zero.GatheredParameters``, remove the ZeRO-3 hooks, re-add them after), as ms-swift's own GRPO and
+``predict_with_generate`` do. The engine comes from the trainer's ``accelerator`` (``deepspeed_engine_wrapped``),
+passed as ``HFRolloutBackend(model, template, accelerator=...)``; a model with partitioned (``ds_id``) parameters
+and no DeepSpeed accelerator raises ``RuntimeError``. Every rank must call ``generate`` the same number of times (the
+gather is a collective); transformers' ``synced_gpus`` (on under ZeRO-3) keeps the ranks' decode loops in step.
+Without ZeRO-3 (DDP, ZeRO-2, one process) this is a no-op.
+
+ms-swift's Qwen3-VL forward patch: ms-swift 4.6 replaces ``Qwen3VLModel.forward`` and keeps transformers' as the
+instance attribute ``origin_forward``; with DeepSpeed on, its replacement encodes ``pixel_values`` itself and treats a
+call without them as text-only (a dummy image for ZeRO-3 lockstep). transformers 5.19's ``generate`` encodes the
+images up front and hands ``Qwen3VLModel`` ``mm_encoder_outputs`` with ``pixel_values=None``, so under DeepSpeed the
+image features were silently never inserted (every prompt of a batch decoded the same text; measured on the tiny
+model). ``generate`` therefore runs transformers' own forward (:func:`_transformers_forward`): every rollout prompt has
+its image, and inside ``generate`` no forward issues a collective (ZeRO-2 has none; ZeRO-3 weights are gathered and its
+hooks removed), so ms-swift's lockstep branch has nothing to do there. The training forwards do the same for
+``inputs_embeds`` (``trainers.forwards.transformers_forward``; this layer cannot import it).
 """
 from __future__ import annotations
 
@@ -64,6 +85,21 @@ def load_model_and_template(
     return model, template
 
 
+@contextlib.contextmanager
+def _transformers_forward(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block every submodule whose ``forward`` ms-swift replaced (instance attributes ``forward`` and
+    ``origin_forward``, on a class with ``get_rope_index``) runs ``origin_forward``; restored in ``finally``."""
+    patched = [(m, vars(m)["forward"]) for m in model.modules()
+               if "origin_forward" in vars(m) and "forward" in vars(m) and hasattr(type(m), "get_rope_index")]
+    for m, _ in patched:
+        m.forward = vars(m)["origin_forward"]
+    try:
+        yield
+    finally:
+        for m, own in patched:
+            m.forward = own
+
+
 class _ChosenLogprobs:
     """HF logits processor: log-prob of each generated id under the raw next-token distribution. Call ``finish``
     with the final sequences to get ``[B, n_generated]`` (float32, device of the logits)."""
@@ -92,9 +128,10 @@ class HFRolloutBackend:
 
     name = "hf"
 
-    def __init__(self, model: Any, template: Any) -> None:
+    def __init__(self, model: Any, template: Any, *, accelerator: Any = None) -> None:
         self.model = model
         self.template = template
+        self.accelerator = accelerator  # the trainer's (ZeRO-3: gather around generate); None outside a trainer
         self.encoder = PromptEncoder(template)
         self.tokenizer = self.encoder.tokenizer
 
@@ -134,6 +171,24 @@ class HFRolloutBackend:
             for m, value in rope:
                 m.rope_deltas = value
 
+    @contextlib.contextmanager
+    def _gathered_weights(self) -> Iterator[None]:
+        """Full weights on every rank for the block under DeepSpeed ZeRO-3 (module docstring); a no-op otherwise."""
+        engine = getattr(getattr(self.accelerator, "deepspeed_engine_wrapped", None), "engine", None)
+        if engine is None:
+            if any(hasattr(p, "ds_id") for p in self.model.parameters()):
+                raise RuntimeError("the model's parameters are ZeRO-3 partitions (ds_id) but the HF rollout backend "
+                                   "has no DeepSpeed accelerator to gather them around generate: build it with "
+                                   "HFRolloutBackend(model, template, accelerator=trainer.accelerator)")
+            yield
+            return
+        from swift.utils import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(engine, self.accelerator) as unwrapped:
+            if unwrapped is not self.model:
+                raise RuntimeError("the DeepSpeed engine of the accelerator does not wrap the rollout model")
+            yield
+
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -148,7 +203,7 @@ class HFRolloutBackend:
             torch.manual_seed(seeds.hf_seed())
         device = self._device()
         outputs: list[RolloutOutput] = []
-        with self._inference_state():
+        with self._gathered_weights(), self._inference_state(), _transformers_forward(self.model):
             for start in range(0, len(prompts), decode.batch_size):
                 chunk = prompts[start:start + decode.batch_size]
                 batch = {k: v.to(device) for k, v in collate_left(chunk, self.encoder.pad_id).items()}

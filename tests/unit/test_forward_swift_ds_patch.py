@@ -23,6 +23,7 @@ VISION = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir, shapes_dir):
+    """``(model, one collated sample, ms-swift template)``."""
     from coordexp_swift.rollout.hf_backend import load_model_and_template
 
     model, template = load_model_and_template(tiny_model_dir)
@@ -31,7 +32,7 @@ def tiny(tiny_model_dir, shapes_dir):
     template.set_mode("train")
     rec = next(iter(iter_jsonl(shapes_dir / "train.jsonl", stage="stage1")))
     batch = template.data_collator([template.encode(to_swift_row(rec, user_prompt=DEFAULT_USER_PROMPT))])
-    return model, batch
+    return model, batch, template
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_inputs_embeds_forward_under_deepspeed_equals_plain(tiny, deepspeed_on):
     ``forward`` equals the same forward with DeepSpeed off, bitwise (both run transformers' forward on the same
     tensors). Calling the model directly dies in ms-swift's DeepSpeed branch (the bug is real); the ``input_ids``
     forward (A1, ms-swift's branch) agrees to 1e-5; the patched ``forward`` is in place again after each call."""
-    model, batch = tiny
+    model, batch, _ = tiny
     patched = swift_patched_module(model)
     assert patched is model.model and "origin_forward" in vars(patched)
     swift_fwd = vars(patched)["forward"]
@@ -90,7 +91,7 @@ def test_text_only_inputs_embeds_under_deepspeed_raises_and_restores(tiny, deeps
     with DeepSpeed on raises ``RuntimeError`` naming the reason (ZeRO-3 lockstep of ms-swift's dummy image); a
     forward that raises inside the model (image features vs placeholder count) leaves ms-swift's ``forward``
     restored."""
-    model, batch = tiny
+    model, batch, _ = tiny
     patched = swift_patched_module(model)
     swift_fwd = vars(patched)["forward"]
     pos = positions_for(model, batch)
@@ -105,3 +106,34 @@ def test_text_only_inputs_embeds_under_deepspeed_raises_and_restores(tiny, deeps
     with pytest.raises(Exception):
         forward(model, half, inputs_embeds=emb, position_ids=pos)
     assert vars(patched)["forward"] is swift_fwd
+
+
+
+def test_hf_generate_under_deepspeed_equals_plain(tiny, shapes_dir):
+    """issue 12 item 2 (B steps / eval rollouts under DeepSpeed), SPEC §3.6 B0: greedy HF rollouts of two prompts
+    with different images, with DeepSpeed on (ZeRO-2 flag; nothing is partitioned, so no gather happens), equal the
+    DeepSpeed-off rollouts token for token. transformers 5.19's ``generate`` hands ``Qwen3VLModel`` the encoded
+    images as ``mm_encoder_outputs`` with ``pixel_values=None``, which ms-swift's DeepSpeed branch takes for a
+    text-only call (the images were dropped); the backend runs transformers' forward inside ``generate``."""
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    from coordexp_swift.rollout.backends import DecodeOptions
+    from coordexp_swift.rollout.hf_backend import HFRolloutBackend
+    from coordexp_swift.rollout.seeds import RolloutSeeds
+
+    model, _, template = tiny
+    backend = HFRolloutBackend(model, template)
+    recs = list(iter_jsonl(shapes_dir / "val.jsonl", stage="stage2"))[:2]
+    rows = [to_swift_row(r, user_prompt=DEFAULT_USER_PROMPT) for r in recs]
+    decode = DecodeOptions(max_new_tokens=12, batch_size=2)
+    plain = [o.response_ids for o in backend.generate(rows, decode=decode, seeds=RolloutSeeds(base=1))]
+    cfg = HfDeepSpeedConfig({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2}})
+    try:
+        ds = [o.response_ids for o in backend.generate(rows, decode=decode, seeds=RolloutSeeds(base=1))]
+    finally:
+        unset_hf_deepspeed_config()
+    del cfg
+    assert all(len(r) == 12 or r[-1] == backend.encoder.im_end_id for r in plain)
+    assert ds == plain, (ds, plain)
+    swift_fwd = vars(swift_patched_module(model))["forward"]
+    assert swift_fwd.__func__ is not type(model.model).forward  # ms-swift's forward is back after generate
