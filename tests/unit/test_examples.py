@@ -3,6 +3,7 @@
 own ``--help`` lists them), and the multi-node launcher refuses a run YAML of the wrong trainer before launching."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-CLI = str(Path(sys.executable).with_name("coordexp-swift"))
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for p in EXAMPLES.rglob("*.sh"))
 CLI_SCRIPTS = ("examples/cpu_walkthrough.sh", "examples/coco/recipe.sh")
 
@@ -24,17 +24,42 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+_HELP = """import contextlib, io, json, sys
+from coordexp_swift import cli
+out = {}
+for sub in [None, *sys.argv[1:]]:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        try:
+            cli.main(["--help"] if sub is None else [sub, "--help"])
+        except SystemExit:
+            pass
+    out[sub or ""] = buf.getvalue()
+print(json.dumps(out))
+"""
+
+
 @lru_cache(maxsize=None)
+def _help_texts() -> dict[str, str]:
+    """``coordexp-swift --help`` ("") and ``coordexp-swift <sub> --help`` of every listed sub-command, through the
+    console script's own ``cli.main`` in one interpreter (one import of the stack instead of one per command)."""
+    from coordexp_swift import cli
+
+    proc = subprocess.run([sys.executable, "-c", _HELP, *cli.COMMANDS], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _subcommands() -> frozenset[str]:
-    out = _run(CLI, "--help").stdout
+    out = _help_texts()[""]
     return frozenset(line.split()[0] for line in out.split("commands:\n", 1)[1].splitlines() if line.strip())
 
 
-@lru_cache(maxsize=None)
 def _flags(sub: str) -> frozenset[str]:
-    proc = _run(CLI, sub, "--help")
-    assert proc.returncode == 0, proc.stderr
-    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", proc.stdout))
+    text = _help_texts()[sub]
+    assert text.startswith("usage:"), (sub, text[:200])
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", text))
 
 
 def cli_calls(text: str) -> list[tuple[str, list[str]]]:
