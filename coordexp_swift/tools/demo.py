@@ -1,23 +1,32 @@
-"""``coordexp-swift demo``: the end-to-end CPU demo (tiny model → shapes → ``swift sft`` Stage-1 → eval → report).
+"""``coordexp-swift demo``: the end-to-end CPU demo (tiny model → shapes → ``swift sft`` Stage-1 → Stage-2
+two-channel continuation → eval → report).
 
-``coordexp-swift demo --out demo_out [--budget-min 10] [--quick] [--compare] [--config YAML]``
+``coordexp-swift demo --out demo_out [--budget-min 10] [--quick] [--compare] [--no-stage2] [--curriculum C]``
+``coordexp-swift demo --study --out study_out [--study-seeds 42,43,44]``
 
-1. builds the compact-vocabulary tiny Qwen3-VL (``make-tiny-model --vocab compact``) into ``OUT/tiny_model``;
-2. writes the synthetic shapes set with the demo curriculum (:data:`DEMO_DATA`) into ``OUT/shapes`` and validates
-   both splits against SPEC §1 (Stage-1 rules);
-3. trains with stock ``swift sft OUT/run_<variant>.yaml`` (a copy of ``configs/demo/stage1_shapes.yaml`` with the
-   paths filled in) in a subprocess, under a wall-clock budget: the YAML's ``max_steps`` is the plan, and if the
-   budget runs out first the run is stopped and the newest periodic checkpoint is used (the report says so);
-4. generates greedily on the held-out val split and evaluates (``eval.cli.generate_and_evaluate``: COCO AP/AP50 via
-   ``evaluate_records``) plus the matched-box statistics of :func:`matched_box_stats`;
-5. draws overlays and training curves, exports the checkpoint with its metrics and config snapshot, and writes and
-   prints ``OUT/REPORT.md`` (metrics, artefact paths, seed, and the Stage-1 checklist SPEC §9 rows 000 2.1-2.5).
+1. builds the compact-vocabulary tiny Qwen3-VL (``make-tiny-model --vocab compact``, the curriculum's
+   ``TinyModelSpec``) into ``OUT/tiny_model``;
+2. writes the synthetic shapes set of the curriculum (:data:`CURRICULA`) into ``OUT/shapes`` and validates both
+   splits against SPEC §1 (Stage-1 rules);
+3. Stage-1: stock ``swift sft OUT/run_softce_w1.yaml`` (a copy of ``configs/demo/stage1_shapes.yaml`` with the
+   paths filled in, plugin by name) in a subprocess under a wall-clock budget: the YAML's ``max_steps`` is the
+   plan; if the budget runs out first the run is stopped and the newest periodic checkpoint is used;
+4. Stage-2 (unless ``--no-stage2``): stock ``swift sft OUT/run_stage2_two_channel.yaml``
+   (``configs/demo/stage2_two_channel.yaml``, mixed A/B) from the Stage-1 checkpoint; its eval step logs
+   ``eval_rollout/mAP`` on the val split;
+5. per variant: greedy generation on the val split + COCO eval (``eval.cli.generate_and_evaluate``), the
+   matched-box statistics of :func:`matched_box_stats`, overlays, curves, export with metrics + config snapshot;
+6. ``OUT/REPORT.md`` (printed; only numbers measured in this run, every variant side by side) and
+   ``OUT/summary.json`` (one object per variant: ``softce_w1``, ``stage2_two_channel``, ``plain_ce``).
 
-``--compare`` also trains the plain-CE variant (``custom.coord_soft_ce_w1.enabled: false``) on the same data and
-budget and adds a comparison table. ``--quick`` is a ~1-2 minute smoke version (tiny data, few steps).
+While a run trains, :class:`ProgressLine` prints one line per logged step from its ``logging.jsonl``.
+``--compare`` also trains plain CE (``custom.coord_soft_ce_w1.enabled: false``) on the same data and budget;
+``--study`` runs all three variants per seed and writes ``OUT/STUDY.md`` (mean ± spread, date, machine).
+``--seed`` sets ``seed`` and ``data_seed`` (ms-swift orders the data by ``data_seed``; ``seed`` alone changes
+nothing in this run: docs/demo.md, Reproducibility).
 
-Training subprocesses run with ``OMP_NUM_THREADS=1`` and one dataloader worker: on the 2-core machine this was
-measured 4-5x faster per step than two intra-op threads (which spin against each other and the encoding worker).
+Training subprocesses run with ``OMP_NUM_THREADS=1`` (``--train-threads``) and one dataloader worker: on the
+shared 2-core machine this was measured 4-5x faster per step than two intra-op threads.
 """
 from __future__ import annotations
 
