@@ -125,6 +125,19 @@ class Stage2TwoChannelTrainer(RolloutEvalMixin, Seq2SeqTrainer):
                         s2.coord_ctx_embed_mode, s2.coord_decode_mode, self.packed)
 
     # --- harness ------------------------------------------------------------------------------------------------
+    def _fix_gradient_checkpointing(self):
+        """Under DeepSpeed, non-reentrant gradient checkpointing unless the run sets ``use_reentrant`` itself.
+
+        ms-swift picks reentrant checkpointing under DeepSpeed (non-reentrant under DDP). A Channel-A step
+        backpropagates through two forwards of the same layers (A1 and the final iteration); with reentrant
+        checkpointing each forward's recomputation runs its own nested backward, so every parameter's gradient is
+        accumulated, and DeepSpeed's post-accumulate hook fires, once per forward: ZeRO-2 then stops with "has already
+        been reduced". Non-reentrant checkpointing accumulates once per backward (same gradient values)."""
+        kwargs = dict(self.args.gradient_checkpointing_kwargs or {})
+        if self.is_deepspeed_enabled and kwargs.get("use_reentrant") is None:
+            self.args.gradient_checkpointing_kwargs = {**kwargs, "use_reentrant": False}
+        return super()._fix_gradient_checkpointing()
+
     def _get_data_collator(self, args, template):
         return identity_collator
 
