@@ -1,8 +1,10 @@
-"""`coordexp-swift demo --quick` end to end (real `swift sft` on the compact tiny model, ~1 minute), then the
-`eval --model` CLI on the checkpoint it produced (seed 000 2.1-2.5: the operational Stage-1 checklist).
+"""`coordexp-swift demo --quick` end to end (real `swift sft` on the compact tiny model: 80 Stage-1 steps, then a
+4-step Stage-2 two-channel continuation with its eval step, ~2-3 minutes), then the `eval --model` CLI on the
+checkpoint it produced (seed 000 2.1-2.5: the operational Stage-1 checklist; issue 11 items 3, 5, 6).
 
-Asserts that the report and every artefact exist with finite numbers — not the demo bar (the quick run is far
-too short to localise anything)."""
+Asserts the report, every artefact and the values of the run: step counts, the loss falling, the format learnt
+(parse rate), summary numbers recomputed independently from `gt_vs_pred.jsonl`, the Stage-2 row and its eval step
+over the whole val split, the progress lines — not the demo bar (the quick run is far too short to localise)."""
 from __future__ import annotations
 
 import csv
@@ -26,6 +28,7 @@ def quick_demo(tmp_path_factory) -> Path:
     proc = subprocess.run([CLI, "demo", "--out", str(out), "--quick"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     assert "# coordexp-swift CPU demo report" in proc.stdout  # the report is printed
+    (out / "stdout.txt").write_text(proc.stdout)
     return out
 
 
@@ -140,12 +143,16 @@ def _check_exported_model(export: Path) -> None:
 
 def test_eval_model_mode_on_demo_checkpoint(quick_demo, tmp_path):
     """`coordexp-swift eval --model CKPT --jsonl VAL --out_dir D` reads prompt and template from the run dir and
-    reproduces the demo's own evaluation (greedy decoding is deterministic)."""
+    reproduces the demo's own evaluation (greedy decoding is deterministic; same generation cap as the demo)."""
+    from coordexp_swift.tools.demo import QUICK_DATA, eval_max_new_tokens
+
     out = quick_demo
     ckpt = sorted((out / "train_softce_w1").glob("checkpoint-*"))[-1]
     d = tmp_path / "eval"
     proc = subprocess.run([CLI, "eval", "--model", str(ckpt), "--jsonl", str(out / "shapes" / "val.jsonl"),
-                           "--out_dir", str(d), "--batch_size", "25"], capture_output=True, text=True, timeout=600)
+                           "--out_dir", str(d), "--batch_size", "25",
+                           "--max_new_tokens", str(eval_max_new_tokens(QUICK_DATA))],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "template=qwen3_vl_compact" in proc.stdout and "Detect all objects as JSON." in proc.stdout
     ours = json.loads((d / "metrics.json").read_text())["metrics"]
@@ -154,3 +161,77 @@ def test_eval_model_mode_on_demo_checkpoint(quick_demo, tmp_path):
     a = [json.loads(x)["raw_text"] for x in (d / "gt_vs_pred.jsonl").read_text().splitlines()]
     b = [json.loads(x)["raw_text"] for x in (out / "eval_softce_w1" / "gt_vs_pred.jsonl").read_text().splitlines()]
     assert a == b
+
+
+def _logged(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "logging.jsonl").read_text().splitlines() if x.strip()]
+
+
+def _iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_quick_demo_values(quick_demo):
+    """issue 11 items 2, 3, 6 (seed 000 2.4): the values of the quick run. Stage-1 ran its 80 planned steps and its
+    logged loss fell below 0.8x the first step's; the model learnt the output format (parse rate >= 0.5 on the 8 val
+    images); summary.json's counts and means equal an independent recomputation from each variant's
+    gt_vs_pred.jsonl (parse flags, scipy Hungarian on IoU of the norm1000 boxes); Stage-2 continued from the Stage-1
+    checkpoint for its 4 steps and its eval step saw every val object, its rollout/mAP in summary.json equal to the
+    logged eval_rollout/mAP; the progress lines carry the logged loss."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = quick_demo
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"softce_w1", "stage2_two_channel"}
+    val = [json.loads(x) for x in (out / "shapes" / "val.jsonl").read_text().splitlines() if x.strip()]
+    n_gt = sum(len(r["objects"]) for r in val)
+
+    s1 = summary["softce_w1"]
+    assert (s1["steps"], s1["max_steps"], s1["stopped_by_budget"]) == (80, 80, False)
+    losses = [r["loss"] for r in _logged(out / "train_softce_w1") if "loss" in r and "global_step/max_steps" in r]
+    assert len(losses) >= 2 and losses[-1] < 0.8 * losses[0], losses
+    assert s1["parse_rate"] >= 0.5, s1
+    assert s1["rollout_mAP"] is None  # Stage-1 has no rollout eval step
+
+    for name, row in summary.items():
+        recs = [json.loads(x) for x in (out / f"eval_{name}" / "gt_vs_pred.jsonl").read_text().splitlines()]
+        assert row["records"] == len(recs) == len(val) and row["gt_objects"] == n_gt
+        ok = [not (r["parse"]["invalid_rollout"] or r["parse"]["truncated_record"] or r["parse"]["max_new_tokens"])
+              for r in recs]
+        assert row["parse_rate"] == pytest.approx(sum(ok) / len(recs), abs=1e-12)
+        assert row["pred_objects"] == sum(len(r["pred"]) for r in recs)
+        ious = []
+        for r in recs:
+            if r["pred"] and r["gt"]:
+                m = [[_iou(p["bbox_2d"], g["bbox_2d"]) for g in r["gt"]] for p in r["pred"]]
+                rows, cols = linear_sum_assignment(m, maximize=True)
+                ious += [m[i][j] for i, j in zip(rows, cols)]
+        assert row["matched"] == len(ious)
+        if ious:
+            assert row["mean_iou"] == pytest.approx(sum(ious) / len(ious), abs=1e-9)
+            assert row["recall_iou50"] == pytest.approx(sum(i >= 0.5 for i in ious) / n_gt, abs=1e-12)
+        else:
+            assert math.isnan(row["mean_iou"]) and row["recall_iou50"] == 0.0
+
+    s2 = summary["stage2_two_channel"]
+    assert (s2["steps"], s2["max_steps"]) == (4, 4)
+    s2_cfg = yaml.safe_load((out / "run_stage2_two_channel.yaml").read_text())
+    assert s2_cfg["model"] == str(out / "train_softce_w1" / "checkpoint-80")
+    assert s2_cfg["custom"]["trainer_variant"] == "stage2_two_channel"
+    assert s2_cfg["stage2_ab"]["schedule"]["b_ratio"] == 0.5
+    evals = [r for r in _logged(out / "train_stage2_two_channel") if "eval_rollout/mAP" in r]
+    assert len(evals) == 1 and evals[0]["eval_rollout/gt_objects_total"] == n_gt
+    assert s2["rollout_mAP"] == evals[0]["eval_rollout/mAP"] and 0.0 <= s2["rollout_mAP"] <= 1.0
+
+    report = (out / "REPORT.md").read_text()
+    assert "| Stage-1 + Stage-2 two-channel (mixed A/B) | 4/4 |" in report
+    assert "Measured offline" not in report  # only numbers of this run
+    stdout = (out / "stdout.txt").read_text()
+    step50 = next(r for r in _logged(out / "train_softce_w1") if r.get("global_step/max_steps") == "50/80")
+    assert f"[softce_w1] step 50/80 | loss {step50['loss']:.3f} | coord acc {step50['coord_token_acc']:.3f}" in stdout
+    assert "[stage2_two_channel] eval at step 4: rollout/mAP" in stdout
+    assert "pictures:" in stdout and str(out / "overlays_") in stdout
