@@ -235,3 +235,49 @@ def test_quick_demo_values(quick_demo):
     assert f"[softce_w1] step 50/80 | loss {step50['loss']:.3f} | coord acc {step50['coord_token_acc']:.3f}" in stdout
     assert "[stage2_two_channel] eval at step 4: rollout/mAP" in stdout
     assert "pictures:" in stdout and str(out / "overlays_") in stdout
+
+
+def test_progress_line_reads_growing_log(tmp_path):
+    """issue 11 item 5: the progress line prints each row appended to logging.jsonl exactly once (a half-written
+    last line waits for its newline), with the row's step, loss and coord accuracy; the eval step prints mAP."""
+    import io
+
+    from coordexp_swift.tools.demo import ProgressLine
+
+    log = tmp_path / "logging.jsonl"
+    buf = io.StringIO()
+    mon = ProgressLine(log, "softce_w1", 3000, budget_s=600, stream=buf)
+    assert mon.poll() == []  # no file yet
+    row1 = {"loss": 6.5, "coord_token_acc": 0.0125, "global_step/max_steps": "50/3000"}
+    row2 = {"loss": 3.21, "coord_token_acc": 0.18, "global_step/max_steps": "450/3000"}
+    log.write_text(json.dumps(row1) + "\n" + json.dumps(row2)[:10])  # second row half written
+    first = mon.poll()
+    assert len(first) == 1 and first[0].startswith("[softce_w1] step 50/3000 | loss 6.500 | coord acc 0.013 |")
+    with log.open("a") as fh:
+        fh.write(json.dumps(row2)[10:] + "\n" + json.dumps({"eval_rollout/mAP": 0.25, "eval_rollout/f1": 0.5,
+                                                             "global_step/max_steps": "450/3000"}) + "\n")
+    second = mon.poll()
+    assert [x.split(" | ")[:3] for x in second[:1]] == [["[softce_w1] step 450/3000", "loss 3.210", "coord acc 0.180"]]
+    assert " it/s" in second[0] and "ETA " in second[0] and "budget left " in second[0]
+    assert second[1] == "[softce_w1] eval at step 450: rollout/mAP 0.250, f1 0.500"
+    assert mon.poll() == [] and buf.getvalue().count("\n") == 3
+
+
+def test_study_table_mean_and_spread():
+    """issue 11 item 4: STUDY.md cells are mean ± half-range (min..max) over the seeds; golden values by hand:
+    AP50 0.2 / 0.4 -> 0.300 ± 0.100 (0.200..0.400); MAE 10 / 30 -> 20.0 ± 10.0; the per-seed bar check marks
+    the seed whose Stage-1 AP50 is under the bar."""
+    from coordexp_swift.tools.demo import study_table
+
+    def row(ap50, mae):
+        return {"parse_rate": 1.0, "mean_iou": 0.7, "bbox_AP50": ap50, "bbox_AP": ap50 / 2, "recall_iou50": 0.5,
+                "coord_mae_bins": mae, "desc_acc": 1.0, "steps": 3000, "max_steps": 3000}
+
+    per_seed = {42: {"softce_w1": row(0.2, 10.0)}, 43: {"softce_w1": row(0.4, 30.0)}}
+    text = study_table(per_seed, machine="testbox (2 CPUs)", when="2026-12-04 17:00 UTC", bar=(0.95, 0.6, 0.3),
+                       curriculum="multi")
+    assert "Measured 2026-12-04 17:00 UTC on testbox (2 CPUs)" in text
+    line = next(x for x in text.splitlines() if x.startswith("| Stage-1 softCE+W1"))
+    assert "| 0.300 ± 0.100 (0.200..0.400) |" in line and "| 20.0 ± 10.0 (10.0..30.0) |" in line
+    assert "| 42 | softce_w1 | 3000/3000 | 1.000 | 0.700 | 0.200 | ✘ |" in text
+    assert "| 43 | softce_w1 | 3000/3000 | 1.000 | 0.700 | 0.400 | ✔ |" in text
