@@ -4,6 +4,9 @@
 # and training seed. Metrics (summary.json), coord-accuracy/desc-CE curves and step speed -> $OUT/probes.json.
 # Usage (repo root): OUT=/tmp/probes [PROBES="c2_p8_geo:42 ..."] bash configs/demo/probes.sh [MAX_STEPS] [BUDGET_MIN]
 # [DEADLINE_S]   (probes still running at DEADLINE_S seconds are killed; their curves are still collected)
+# Probe names -> docs/demo.md recipe-log ids: c1_* = m1, c2_* = m2, c3_* = m3, c4_* = m4 (= `--curriculum multi`),
+# c5_* = m5; d1_shipped = the `squares` curriculum. The 2026-12-04 run: 9 probes at once on the 16-core device
+# machine, `bash configs/demo/probes.sh 1800 5.5 440`.
 set -u
 OUT="${OUT:?set OUT}"; STEPS="${1:-2000}"; BUDGET="${2:-6}"; DEADLINE="${3:-100000}"
 W="${W:-/tmp/demo_probes}"; mkdir -p "$W" "$OUT"
