@@ -111,11 +111,11 @@ class DataConfig:
     """``custom.data``: what happens to a sample that cannot be trained on as written.
 
     Fields:
-      on_bad_sample: ``fail`` (default): a record whose image file is missing, or a sample longer than ms-swift's
-        ``max_length``, stops the run before training (missing image) or at its first encode, naming file, line and
-        reason. ``skip``: such samples are left out, each logged with file, line and reason, counted per reason in
-        the log and in ``<output_dir>/coordexp_config.json`` (``data_skipped``). Invalid records (SPEC §1.5)
-        always fail.
+      on_bad_sample: ``fail`` (default): a record whose image file is missing, a sample whose template encoding
+        is longer than ms-swift's ``max_length``, or one the template cannot encode, stops the run before training,
+        naming file, line and reason. ``skip``: such samples are left out before training, each logged with file,
+        line and reason, counted per reason in one INFO line, in ``<output_dir>/coordexp_skipped.jsonl`` and in
+        ``<output_dir>/coordexp_config.json`` (``data_skipped``). Invalid records (SPEC §1.5) always fail.
     """
 
     on_bad_sample: Literal["fail", "skip"] = "fail"

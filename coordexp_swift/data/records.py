@@ -436,7 +436,7 @@ def load_records(path: str | os.PathLike[str], *, stage: Stage, literals: frozen
                                  f"samples out, counted)")
             skipped["missing_image"] = skipped.get("missing_image", 0) + 1
             messages.append(f"{msg} (skipped: missing_image)")
-            samples.append(("missing_image", where, f"image file not found: {rec.image}"))
+            samples.append(("missing_image", where, f"record {rec.sample_id}: image file not found: {rec.image}"))
             continue
         records.append(rec)
         locations.append(where)

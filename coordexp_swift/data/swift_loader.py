@@ -60,7 +60,7 @@ def _note_skip(reason: str, where: str, detail: str, length: int | None = None,
     SKIPPED.append(entry)
     SKIP_COUNTS[reason] = SKIP_COUNTS.get(reason, 0) + 1
     if len(SKIPPED) <= LOG_LIMIT:
-        logger.warning("coordexp data: %s: %s (skipped: %s; custom.data.on_bad_sample: skip)", where, detail, reason)
+        logger.warning("coordexp data: %s: %s (skipped: %s) [custom.data.on_bad_sample: skip]", where, detail, reason)
     elif len(SKIPPED) == LOG_LIMIT + 1:
         logger.warning("coordexp data: more samples skipped; the full list goes to <output_dir>/%s", SKIPPED_FILE)
 
@@ -201,6 +201,7 @@ def encode_outcome(template: Any, row: Any) -> tuple[str, int | None, str] | Non
     from its message) or ``encode_error`` (any other exception, e.g. an unreadable image)."""
     from swift.template import MaxLengthError
 
+    checking, _STATE["checking"] = _STATE["checking"], True  # the encode guard lets MaxLengthError through
     try:
         template.encode(row, return_length=True)
     except MaxLengthError as exc:
@@ -208,6 +209,8 @@ def encode_outcome(template: Any, row: Any) -> tuple[str, int | None, str] | Non
         return "over_length", int(m.group(1)) if m else None, str(exc)
     except Exception as exc:  # noqa: BLE001 - any failure to encode a sample is reported with its file and line
         return "encode_error", None, f"{type(exc).__name__}: {exc}"
+    finally:
+        _STATE["checking"] = checking
     return None
 
 

@@ -155,3 +155,20 @@ def test_dropped_rows_is_a_multiset_difference(shapes_dir, tmp_path):
     assert [(i, r["coordexp_where"]) for i, r in _dropped_rows(before, after)] == [(2, "f:2"), (3, "f:3")]
     assert [i for i, _ in _dropped_rows(before, None)] == [0, 1, 2, 3]
 
+
+
+def test_encode_guard_outside_the_check(templates, shapes_dir, tmp_path):
+    """issue 13 item 3: with the plugin's encode guard installed, an over-length sample met outside the start-up
+    check (e.g. a fetch during training) raises ValueError naming ``<file>:<line>``, length and limit — never
+    ms-swift's silent skip — while the check itself still classifies it as ``over_length``."""
+    from coordexp_swift.data import swift_loader as L
+
+    limited, unlimited = templates
+    path = _data(shapes_dir, tmp_path, long_line=4)
+    n = _golden_length(unlimited, path, 4)
+    L.install_encode_guard()
+    ds = _dataset(path)
+    with pytest.raises(ValueError) as err:
+        limited.encode(ds[3], return_length=True)
+    assert str(err.value).startswith(f"{path}:4: over_length: encoded length {n} > max_length {MAX_LENGTH} ")
+    assert [(w, r, k) for _i, w, r, k, _d in L.scan_rows(limited, ds)] == [(f"{path}:4", "over_length", n)]
