@@ -75,7 +75,7 @@ def test_uneven_shards_counted_once(compact_model, five_records, tmp_path):  # n
     two = _eval_record(compact_model, five_records, tmp_path, "two", 2)
     for rec in (one, two):
         for key, want in GOLDEN.items():
-            assert rec[key] == pytest.approx(want, rel=1e-9, abs=1e-12), (key, rec[key])
+            assert rec[key] == pytest.approx(want, abs=1e-8), (key, rec[key])  # logging.jsonl keeps 8 decimals
     keys = {k for k in one if k.startswith("eval_rollout/")}
     assert keys == {k for k in two if k.startswith("eval_rollout/")}
     assert {k: one[k] for k in keys} == {k: two[k] for k in keys}
