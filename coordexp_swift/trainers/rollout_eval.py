@@ -17,8 +17,8 @@ the generate calls, and ZeRO-3's gathers inside them, stay in lockstep). Each ro
 (:data:`EVAL_INDEX_KEY`, added by :class:`IndexedEvalDataset`); after the loop the ranks all-gather their index
 lists (one ``all_gather_object``) and every rank keeps only the first occurrence of each index in (rank, position)
 order (:func:`first_occurrences`), so every eval sample is counted exactly once in the counters, the per-sample
-means and the records of ``rollout/mAP``. Rows without an index are always kept (one process only: under an
-initialised process group with more than one rank a missing index is a ``RuntimeError``).
+means and the records of ``rollout/mAP``. Rows without an index (direct callers; an iterable eval set, which is
+not wrapped) are always kept; under DDP that logs a warning that repeats may be counted twice.
 
 :class:`RolloutEvalMixin` gives a trainer (that owns ``self.channel_b`` and ``self.rollout_evaluator``) this
 ``evaluate``; both Stage-2 trainers use it, so keys and values are identical on the same checkpoint and data.
