@@ -22,8 +22,8 @@ from coordexp_swift.run_context import current, write_resolved_config
 from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, settings_from_config
 from coordexp_swift.teacher_forcing.manifest import resolve_pipeline, write_manifest
 from coordexp_swift.trainers.channel_b import ChannelB
+from coordexp_swift.trainers.host_rows import host_rows_collator
 from coordexp_swift.trainers.rollout_eval import RolloutEvalMixin, RolloutEvaluator
-from coordexp_swift.trainers.stage2_two_channel import identity_collator
 from coordexp_swift.trainers.step_metrics import StepMetrics
 
 __all__ = ["Stage2RolloutAlignedTrainer"]
@@ -88,7 +88,7 @@ class Stage2RolloutAlignedTrainer(RolloutEvalMixin, Seq2SeqTrainer):
                         rm.coord_decode_mode, rm.eval_detection.enabled)
 
     def _get_data_collator(self, args, template):
-        return identity_collator
+        return host_rows_collator
 
     def _prepare_inputs(self, inputs):
         return inputs

@@ -49,21 +49,17 @@ from coordexp_swift.trainers.channel_a import (
     encode_gt_targets,
 )
 from coordexp_swift.trainers.channel_b import ChannelB
+from coordexp_swift.trainers.host_rows import host_rows_collator
 from coordexp_swift.trainers.rollout_eval import RolloutEvalMixin, RolloutEvaluator
 from coordexp_swift.trainers.scheduler import b_ratio_realized, channel_at
 from coordexp_swift.trainers.step_metrics import StepMetrics
 
 __all__ = ["ChannelAInputs", "GRAD_MODES", "Stage2TwoChannelTrainer", "build_channel_a_inputs",
-           "channel_a_forwards", "encode_gt_targets", "identity_collator"]
+           "channel_a_forwards", "encode_gt_targets"]
 
 # a child of ms-swift's logger, so the init line reaches its (INFO) handler
 logger = logging.getLogger("swift.coordexp_swift")
 
-
-
-def identity_collator(features: list, **kwargs: Any) -> list:
-    """The micro-batch is the list of encoded rows (ms-swift ``identity_data_collator``)."""
-    return features
 
 
 # --- the trainer ------------------------------------------------------------------------------------------------
@@ -139,11 +135,11 @@ class Stage2TwoChannelTrainer(RolloutEvalMixin, Seq2SeqTrainer):
         return super()._fix_gradient_checkpointing()
 
     def _get_data_collator(self, args, template):
-        return identity_collator
+        return host_rows_collator
 
     def _prepare_inputs(self, inputs):
-        """The micro-batch stays the list of encoded rows (host); :meth:`_build_batch` moves what the forwards
-        need in one go."""
+        """The micro-batch stays the encoded rows on the host (:class:`~.host_rows.HostRows`, which the prepared
+        dataloader does not move); :meth:`_build_batch` moves what the forwards need in one go."""
         return inputs
 
     # --- one step -----------------------------------------------------------------------------------------------
