@@ -174,3 +174,34 @@ def test_seed_runs_and_collapse():
     assert seed_runs([2147483646, 2147483647, 1, 2]) == [(0, 2), (2, 4)]
     assert seed_runs([]) == []
     assert collapse_runs([1, 9, 9, 9, 2, 9, 3], 9) == ((1, 9, 2, 9, 3), [3, 1])
+
+
+def test_zero3_sync_gathers_layer_by_layer(setup, events, fake_vllm, tiny_model_dir):
+    """issue 12 item 4 (c): with the trainer's accelerator on ZeRO-3 (a stage-3 DeepSpeed plugin), the weight sync
+    goes through ms-swift's own ``split_batches`` with ``move_model_batches`` = the language model's layer count:
+    one ``GatheredParameters`` + engine load per decoder layer, then one for the embeddings + final norm and one for
+    the rest (vision tower, ``lm_head``) — every parameter copied exactly once, values equal. (The parameters here are not partitioned, so
+    DeepSpeed's gather is a no-op; the grouping is what is checked.)"""
+    from types import SimpleNamespace
+
+    from coordexp_swift.rollout.vllm_backend import VllmRolloutBackend
+
+    backend, _ = setup
+    model = backend.model
+    acc = SimpleNamespace(device=next(model.parameters()).device, unwrap_model=lambda m: m, is_main_process=True,
+                          state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    z3 = VllmRolloutBackend(model, backend.template, engine=backend.engine, accelerator=acc)
+    assert z3.sync_weights(0) is True
+    n_layers = model.config.text_config.num_hidden_layers
+    groups = [dict(load) for load in events["loads"]]
+    assert len(groups) == n_layers + 2
+    names = [n for g in groups for n in g]
+    params = dict(model.named_parameters())
+    assert sorted(names) == sorted(params)  # every parameter once
+    for i in range(n_layers):
+        assert groups[i] and all(f"layers.{i}." in n for n in groups[i])
+    assert set(groups[-2]) == {"model.language_model.embed_tokens.weight", "model.language_model.norm.weight"}
+    # ms-swift's split puts every parameter outside the language model (vision tower, lm_head) in the last group
+    assert all(n.startswith("model.visual.") or n == "lm_head.weight" for n in groups[-1])
+    name = next(iter(groups[0]))
+    assert groups[0][name] == pytest.approx(float(params[name].detach().float().sum()), rel=1e-6)
