@@ -860,7 +860,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = (f"{platform.node() or 'unknown host'} ({platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} CPU(s), load {_load()} at the end)")
     table = study_table(per_seed, machine=machine, when=time.strftime("%Y-%m-%d %H:%M %Z"),
-                        bar=CURRICULA[args.curriculum].bar, curriculum=args.curriculum)
+                        bar=CURRICULA[args.curriculum].bar,
+                        curriculum=f"{args.curriculum}{' (--quick smoke settings)' if args.quick else ''}")
     (out / "STUDY.md").write_text(table, encoding="utf-8")
     (out / "study.json").write_text(json.dumps({str(k): v for k, v in per_seed.items()}, indent=2) + "\n")
     print(table)
