@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -107,6 +108,17 @@ def _register_datasets(ctx: RunContext) -> None:
     register_datasets(ctx)
 
 
+def destroy_gloo_group_at_exit() -> None:
+    """``atexit``: destroy a gloo default process group while the interpreter is still alive. ms-swift never calls
+    ``destroy_process_group``; gloo's worker threads can then free tensors of finished collectives during interpreter
+    finalisation and abort the process (SIGABRT after a successful run; pytorch/pytorch#179291, seen here on
+    2-process CPU runs ending with an eval step). Gloo only: destroying it is local; NCCL is left alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and str(dist.get_backend()).lower() == "gloo":
+        dist.destroy_process_group()
+
+
 def register(argv: Sequence[str] | None = None) -> RunContext:
     """Validate the run config in ``argv`` (default ``sys.argv[1:]``) and register trainers and datasets."""
     global _REGISTERED
@@ -125,6 +137,7 @@ def register(argv: Sequence[str] | None = None) -> RunContext:
     TrainerFactory.TRAINER_MAPPING["causal_lm"] = resolve_trainer_cls(ctx.config.variant)
     register_compact_template()
     _register_datasets(ctx)
+    atexit.register(destroy_gloo_group_at_exit)
     _REGISTERED = True
     logger.info("coordexp_swift registered: variant=%s config=%s", ctx.config.variant, ctx.config_path)
     return ctx
