@@ -99,7 +99,8 @@ class _SwiftVllmSync:
     def build(model: Any, engine: Any, accelerator: Any = None) -> Any:
         """The sync state. Parameter groups: one group (ms-swift's default) unless ZeRO-3 partitions the weights;
         then ms-swift's own ``split_batches`` with ``move_model_batches`` = the language model's layer count, so
-        each ``GatheredParameters`` holds one decoder layer (then the embeddings/head, then the vision tower)."""
+        each ``GatheredParameters`` holds one decoder layer (then the embeddings + final norm, then the rest:
+        vision tower, ``lm_head``)."""
         from types import SimpleNamespace
 
         from swift.rlhf_trainers.rollout_mixin import RolloutTrainerMixin
