@@ -181,9 +181,11 @@ def register_datasets(ctx: Any) -> None:
 _LENGTH_RE = re.compile(r"Current length of row\((\d+)\)")
 
 
-def fix_hint() -> str:
-    return ("raise max_length, shrink the images (max_pixels), or set custom.data.on_bad_sample: skip to leave such "
-            "samples out, counted")
+def fix_hint(reason: str = "over_length") -> str:
+    """The fix named in a ``fail`` message for ``reason``."""
+    fix = ("raise max_length, shrink the images (max_pixels)" if reason == "over_length"
+           else "fix or remove the record (e.g. re-save its image)")
+    return f"{fix}, or set custom.data.on_bad_sample: skip to leave such samples out, counted"
 
 
 def bad_sample_message(where: str, reason: str, detail: str, length: int | None, max_length: int | None) -> str:
@@ -242,7 +244,7 @@ def apply_policy(bad: list[tuple[int, str, str, int | None, str]], *, max_length
                 _note_skip(reason, where, detail)
         return
     _i, where, reason, length, detail = bad[0]
-    msg = f"{bad_sample_message(where, reason, detail, length, max_length)}; {fix_hint()}"
+    msg = f"{bad_sample_message(where, reason, detail, length, max_length)}; {fix_hint(reason)}"
     if len(bad) > 1:
         more = "; ".join(f"{w} ({r}{f', {n} tokens' if n is not None else ''})" for _, w, r, n, _d in bad[1:21])
         msg += f". {len(bad) - 1} more {name} samples fail the same check: {more}{'; ...' if len(bad) > 21 else ''}"

@@ -96,7 +96,7 @@ def test_fail_names_file_line_length_limit_and_fix(templates, shapes_dir, tmp_pa
 
 def test_fail_lists_every_bad_sample(templates, shapes_dir, tmp_path):
     """issue 13 item 3: two bad samples (over-length at line 2, unreadable image at line 5): the error names the
-    first and lists the other with its reason."""
+    first and lists the other with its reason; an unreadable image alone fails as ``encode_error`` with its fix."""
     from coordexp_swift.data import swift_loader as L
 
     path = _data(shapes_dir, tmp_path, long_line=2, corrupt_line=5)
@@ -105,6 +105,12 @@ def test_fail_lists_every_bad_sample(templates, shapes_dir, tmp_path):
     msg = str(err.value)
     assert msg.startswith(f"{path}:2: over_length: encoded length "), msg
     assert f"1 more train samples fail the same check: {path}:5 (encode_error)" in msg
+    (tmp_path / "b").mkdir()
+    path = _data(shapes_dir, tmp_path / "b", long_line=None, corrupt_line=3)
+    with pytest.raises(ValueError) as err:
+        L.check_dataset(templates[0], _dataset(path), policy="fail", name="train")
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:3: encode_error: ") and "fix or remove the record" in msg, msg
 
 
 def test_skip_leaves_out_and_counts(templates, shapes_dir, tmp_path):
