@@ -84,14 +84,16 @@ def _same(a: dict, b: dict, rel: float, keys=COMPARED):
 # forward (with the token source it got and whether grad was on) and of ``generate``, at class level, so the count
 # covers whatever the trainer calls; one JSON line per ``training_step`` in ``<output_dir>/forward_probe.jsonl``.
 FORWARD_PROBE = '''
-import json, os, torch, transformers.trainer as T
+import functools, json, os, torch, transformers.trainer as T
 from transformers import Qwen3VLForConditionalGeneration as M
 _calls = []
 _fwd, _gen, _step = M.forward, M.generate, T.Trainer.training_step
+@functools.wraps(_fwd)  # keep the signature: ms-swift's forward hook filters kwargs by it
 def forward(self, *a, **k):
     _calls.append({"src": "input_ids" if k.get("input_ids") is not None else "inputs_embeds",
                    "grad": torch.is_grad_enabled(), "use_cache": k.get("use_cache")})
     return _fwd(self, *a, **k)
+@functools.wraps(_gen)
 def generate(self, *a, **k):
     _calls.append({"src": "generate"})
     return _gen(self, *a, **k)
