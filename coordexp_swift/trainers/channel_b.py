@@ -296,9 +296,10 @@ class ChannelB:
         """The rollout backend on the unwrapped ``model`` (built once per model object)."""
         inner = _unwrap(model)
         if self._backend is None or self._backend_model is not inner:
-            # every backend gets the trainer's accelerator (hf: gather ZeRO-3 weights around generate)
-            kw = {"vllm_config": self.rm.vllm, "accelerator": self.accelerator} \
-                if self.rm.rollout_backend == "vllm" else {"accelerator": self.accelerator}
+            # every backend gets the trainer's accelerator (hf: ZeRO-3 gather around generate; vllm: weight sync)
+            kw: dict[str, Any] = {"accelerator": self.accelerator}
+            if self.rm.rollout_backend == "vllm":
+                kw["vllm_config"] = self.rm.vllm
             self._backend = build_backend(self.rm.rollout_backend, inner, self.template, **kw)
             self._backend_model = inner
         return self._backend
