@@ -34,7 +34,8 @@ def quick_demo(tmp_path_factory) -> Path:
 
 def test_quick_demo_report_and_artefacts(quick_demo):
     """seed 000 2.1-2.5: base model recorded, data validated, seeded run with resolved config beside the outputs,
-    parse rate + finite coord curves, checkpoint exported with metrics and config snapshot."""
+    parse rate + finite coord curves, checkpoint exported with metrics and config snapshot. Seed rows: seed 000 2.1,
+    seed 000 2.2, seed 000 2.3, seed 000 2.4, seed 000 2.5."""
     out = quick_demo
     report = (out / "REPORT.md").read_text()
     for row in ("000 2.1", "000 2.2", "000 2.3", "000 2.4", "000 2.5"):

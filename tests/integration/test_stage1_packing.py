@@ -96,7 +96,7 @@ def _forward_inputs(batch: dict, packed: bool) -> dict:
 def test_packed_row_layout_has_no_cross_segment_targets(packed_and_padded):
     """seed 000 1.4 / 002 7B.2 (SPEC §2.5): the packed row is the samples back to back; text positions restart at 0
     at each segment start; every segment begins with -100 prompt labels, so its first target is preceded by -100
-    and no logit predicts a token of the next segment."""
+    and no logit predicts a token of the next segment. Seed rows: seed 000 1.4, seed 002 7B.2."""
     _, _, _, encs, padded, packed = packed_and_padded
     lens = [len(e["input_ids"]) for e in encs]
     starts = [sum(lens[:i]) for i in range(len(lens))]

@@ -22,7 +22,7 @@ FROZEN_RUN = dict(per_device_train_batch_size=1, gradient_accumulation_steps=2, 
 
 def test_stage1_swift_sft_logs_keys(tiny_model_dir, shapes_dir, tmp_path):
     """seed 000 1.9 / 2.3: a few real steps log loss, token accs and softCE/W1 terms, all finite; the resolved
-    coordexp config is written beside the outputs."""
+    coordexp config is written beside the outputs. Seed rows: seed 000 1.9, seed 000 2.3."""
     out = tmp_path / "out"
     proc = run_swift_sft(tiny_stage1_config(tiny_model_dir, shapes_dir, out), tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -110,7 +110,8 @@ def _loss_is_sum(rec):
 
 
 def test_b_only_swift_sft(compact_model, fixed_gt_data, tmp_path):
-    """seed 001 1.5, 2.2 (B-only routing on a real run), 002 4.3 (B), 6.2 (time/*, packing/* emitted), 8.1 rollout
+    """Seed rows: seed 001 1.5, seed 001 2.2, seed 002 4.3, seed 002 6.2, seed 002 8.1.
+    seed 001 1.5, 2.2 (B-only routing on a real run), 002 4.3 (B), 6.2 (time/*, packing/* emitted), 8.1 rollout
     keys on B steps: ``smoke_b_only.yaml`` for 2 steps, rollouts forced to the partly matching answer; every step
     logs the §8.1 keys with the expected counts, ``loss`` = Σ contributions, seeds logged per B0 (``s`` and
     ``seed_base`` = norm(42 + s·1000003)); with ``stage2_ab.packing: true`` step 0 logs the same loss, terms and
@@ -140,7 +141,9 @@ def test_b_only_swift_sft(compact_model, fixed_gt_data, tmp_path):
 
 
 def test_mixed_and_rollout_aligned_with_eval(compact_model, fixed_gt_data, tmp_path):
-    """seed 001 2.2 (mixed A,B routing), 002 3B.3 (rollout-aligned init log), 6B.1 / 6B.2 (both trainers: the same
+    """Seed rows: seed 001 2.2, seed 002 3B.3, seed 002 6B.1, seed 002 6B.2, seed 002 6B.3, seed 002 6B.4,
+    seed 002 8.1.
+    seed 001 2.2 (mixed A,B routing), 002 3B.3 (rollout-aligned init log), 6B.1 / 6B.2 (both trainers: the same
     eval keys and values on the same data — forced rollouts make the eval independent of the weights), 6B.3
     (``eval_rollout/mAP`` a float; the first eval's ``evaluate_records`` forced to fail → warning naming
     ``ZeroDivisionError``, 0.0, training continues), 6B.4, 8.1 (rollout keys exactly on the steps that ran one):

@@ -137,7 +137,9 @@ def test_smoke_a_only_logs(smoke_run):
     """seed 001 1.1, 1.7, 2.2 (A routing), 002 4.3 (A), 7C.1-7C.5, 9.3D: ``swift sft smoke_a_only.yaml`` builds the
     trainer from the YAML alone and runs 3 Channel-A steps; every step logs the §8.2 contributions (adding up to
     ``loss`` within 1e-5 relative), breakdowns, ``coord_diag/{gt,self_context}/*``, ``time/forward_s`` and
-    ``stage2/b_ratio_realized`` = 0.0, all finite; no internal (``_``) key, no alias key; counters are integers."""
+    ``stage2/b_ratio_realized`` = 0.0, all finite; no internal (``_``) key, no alias key; counters are integers.
+    Seed rows: seed 001 1.1, seed 001 1.7, seed 001 2.2, seed 002 4.3, seed 002 7C.1, seed 002 7C.2, seed 002 7C.3,
+    seed 002 7C.4, seed 002 7C.5, seed 002 9.3D."""
     proc, out, _ = smoke_run
     _ok(proc)
     steps = step_records(out)

@@ -203,7 +203,9 @@ def test_counts_fallback_drops(compact):
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_pipeline_equals_reference(compact, packed):
-    """seed 002 9.2 (B half, ``desc_ce_weight: 0.5`` on the FN tail), 9.3B (matched desc off / struct on, FN desc
+    """Seed rows: seed 002 9.2, seed 002 9.3B, seed 002 1.4, seed 002 4.4, seed 002 5.2, seed 002 4.3,
+    seed 001 1.5.2, seed 001 1.6, seed 001 1.6.2.
+    seed 002 9.2 (B half, ``desc_ce_weight: 0.5`` on the FN tail), 9.3B (matched desc off / struct on, FN desc
     on, FP 0, closure on), 1.4 / 4.4 (default rollout semantics), 5.2 (geo on matched ∪ FN — matched slots target
     their GT bins — never FP), 4.3 (B: one ``rollout`` context), 001 1.5.2, 1.6, 1.6.2 (B tail): the default
     pipeline on the Channel-B batch, packed and unpacked, equals the reference to 1e-5 relative; contributions sum to

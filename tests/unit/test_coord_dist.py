@@ -284,7 +284,7 @@ def test_entropy_values():
 # --------------------------------------------------------------------------------------------- expectation decode
 def test_expectation_decode_spec_checks():
     """seed 001 1.7.6 / 001 1.4.1 / §5: P(0) = P(999) = 0.5 -> 0.5; all mass on bin 999 (GT 999) -> 1.0;
-    always within [0, 1]; expectation of bin k alone = k/999."""
+    always within [0, 1]; expectation of bin k alone = k/999. Seed rows: seed 001 1.7.6, seed 001 1.4.1."""
     two = torch.full((1000,), -1e4)
     two[0] = two[999] = 0.0
     assert cd.expectation_decode(two).item() == pytest.approx(0.5, abs=1e-6)

@@ -139,3 +139,18 @@ def test_layering():
     from tests.layering import top_level_imports
 
     assert top_level_imports(forwards) <= {"torch", "itertools", "dataclasses", "typing", "contextlib", "sys"}
+
+
+def test_one_forward_preamble_for_every_trainer():
+    """seed 002 4.4 (one shared forward-preamble helper): Stage-1, Channel-A and Channel-B import ``forward`` from
+    ``trainers.forwards``, and nowhere in the package is a model called with keyword inputs except inside it."""
+    import re
+    from pathlib import Path
+
+    pkg = Path(__import__("coordexp_swift").__file__).parent
+    for name in ("stage1.py", "channel_a.py", "channel_b.py"):
+        src = (pkg / "trainers" / name).read_text()
+        assert re.search(r"^from coordexp_swift\.trainers\.forwards import .*\bforward\b", src, re.M), name
+    direct = re.compile(r"\bmodel\(\*\*|\bmodel\((input_ids|inputs_embeds)=")
+    callers = sorted(str(f.relative_to(pkg)) for f in pkg.rglob("*.py") if direct.search(f.read_text()))
+    assert callers == ["trainers/forwards.py"], callers

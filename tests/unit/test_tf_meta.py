@@ -105,7 +105,8 @@ def test_scan_is_string_aware_and_finds_outermost_brace():
 
 def test_gt_meta_fields():
     """seed 002 4.5 / 001 1.5.2: GT meta = prefix_len 0, GT groups in bbox_groups_fn (4 input positions + bins),
-    closure = outermost `}` token + <|im_end|>; every position is inside the assistant span."""
+    closure = outermost `}` token + <|im_end|>; every position is inside the assistant span. Seed rows:
+    seed 002 4.5, seed 001 1.5.2."""
     r, ids, pieces, meta = gt_meta()
     seg = segment_ids(ids)
     assert (meta.prompt_len, meta.prefix_len, meta.train_len, meta.encoded_len) == (PROMPT, 0, len(ids), len(seg))

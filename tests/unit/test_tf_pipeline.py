@@ -127,7 +127,8 @@ OBJ = [{"name": "token_ce"}]
     ([1], r"stage2_ab.pipeline: expected a mapping"),
 ])
 def test_pipeline_strict_errors(raw, match):
-    """seed 002 3.1 / 3.2 / 9.1 / 5.3: every §6.1 rule fails fast with the dotted key and the fix/valid names."""
+    """seed 002 3.1 / 3.2 / 9.1 / 5.3: every §6.1 rule fails fast with the dotted key and the fix/valid names.
+    Seed rows: seed 002 3.1, seed 002 3.2, seed 002 9.1, seed 002 5.3."""
     with pytest.raises(ValueError, match=match):
         parse_pipeline(raw, TWO, {"variant": TWO})
 
