@@ -32,10 +32,10 @@ instance attribute ``origin_forward``; with DeepSpeed on, its replacement encode
 call without them as text-only (a dummy image for ZeRO-3 lockstep). transformers 5.19's ``generate`` encodes the
 images up front and hands ``Qwen3VLModel`` ``mm_encoder_outputs`` with ``pixel_values=None``, so under DeepSpeed the
 image features were silently never inserted (every prompt of a batch decoded the same text; measured on the tiny
-model). ``generate`` therefore runs transformers' own forward (:func:`_transformers_forward`): every rollout prompt has
-its image, and inside ``generate`` no forward issues a collective (ZeRO-2 has none; ZeRO-3 weights are gathered and its
-hooks removed), so ms-swift's lockstep branch has nothing to do there. The training forwards do the same for
-``inputs_embeds`` (``trainers.forwards.transformers_forward``; this layer cannot import it).
+model). ``generate`` therefore runs transformers' own forward (``rollout.swift_forward.transformers_forward``, the
+helper the training forwards use for ``inputs_embeds`` too): every rollout prompt has its image, and inside
+``generate`` no forward issues a collective (ZeRO-2 has none; ZeRO-3 weights are gathered and its hooks removed), so
+ms-swift's lockstep branch has nothing to do there.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ from coordexp_swift.rollout.backends import (
 )
 from coordexp_swift.rollout.prompts import PromptEncoder, collate_left
 from coordexp_swift.rollout.seeds import RolloutSeeds
+from coordexp_swift.rollout.swift_forward import transformers_forward
 
 __all__ = ["HFRolloutBackend", "load_model_and_template"]
 
@@ -83,21 +84,6 @@ def load_model_and_template(
                                            device_map=device_map, load_model=True)
     template = get_template(processor, template_type=template_type, max_pixels=max_pixels)
     return model, template
-
-
-@contextlib.contextmanager
-def _transformers_forward(model: torch.nn.Module) -> Iterator[None]:
-    """Within the block every submodule whose ``forward`` ms-swift replaced (instance attributes ``forward`` and
-    ``origin_forward``, on a class with ``get_rope_index``) runs ``origin_forward``; restored in ``finally``."""
-    patched = [(m, vars(m)["forward"]) for m in model.modules()
-               if "origin_forward" in vars(m) and "forward" in vars(m) and hasattr(type(m), "get_rope_index")]
-    for m, _ in patched:
-        m.forward = vars(m)["origin_forward"]
-    try:
-        yield
-    finally:
-        for m, own in patched:
-            m.forward = own
 
 
 class _ChosenLogprobs:
@@ -203,7 +189,7 @@ class HFRolloutBackend:
             torch.manual_seed(seeds.hf_seed())
         device = self._device()
         outputs: list[RolloutOutput] = []
-        with self._gathered_weights(), self._inference_state(), _transformers_forward(self.model):
+        with self._gathered_weights(), self._inference_state(), transformers_forward(self.model):
             for start in range(0, len(prompts), decode.batch_size):
                 chunk = prompts[start:start + decode.batch_size]
                 batch = {k: v.to(device) for k, v in collate_left(chunk, self.encoder.pad_id).items()}

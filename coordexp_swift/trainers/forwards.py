@@ -15,15 +15,15 @@
   (flash-attention) from the restarts of row 0, which needs ``use_cache=False`` (a ``DynamicCache`` disables the
   detection).
 
-- :func:`transformers_forward`: ms-swift 4.6 replaces ``Qwen3VLModel.forward`` (``_compat_qwen3_vl_mixed_data``) and
-  keeps the transformers one as the instance attribute ``origin_forward``. Under DeepSpeed its replacement builds the
-  image mask from ``input_ids`` (it runs a dummy image through the vision tower for text-only batches, to keep ZeRO-3
-  collectives in lockstep), so an ``inputs_embeds`` forward with vision inputs (Channel-A iteration m >= 1) dies
-  there. :func:`forward` therefore runs every ``inputs_embeds`` forward through ``origin_forward`` (transformers
-  finds the placeholder rows by embedding equality, which is why they stay bitwise unchanged): every coordexp
-  sample carries an image, so the vision tower runs on every rank exactly as in ms-swift's branch. An
-  ``inputs_embeds`` forward without vision inputs under that patch with DeepSpeed on raises ``RuntimeError``.
-  ``input_ids`` forwards keep ms-swift's forward.
+- ``rollout.swift_forward.transformers_forward`` (shared with the HF rollout backend): ms-swift 4.6 replaces
+  ``Qwen3VLModel.forward`` (``_compat_qwen3_vl_mixed_data``) and keeps the transformers one as the instance
+  attribute ``origin_forward``. Under DeepSpeed its replacement builds the image mask from ``input_ids`` (it runs a
+  dummy image through the vision tower for text-only batches, to keep ZeRO-3 collectives in lockstep), so an
+  ``inputs_embeds`` forward with vision inputs (Channel-A iteration m >= 1) dies there. :func:`forward` therefore
+  runs every ``inputs_embeds`` forward through ``origin_forward`` (transformers finds the placeholder rows by
+  embedding equality, which is why they stay bitwise unchanged): every coordexp sample carries an image, so the
+  vision tower runs on every rank exactly as in ms-swift's branch. An ``inputs_embeds`` forward without vision
+  inputs under that patch with DeepSpeed on raises ``RuntimeError``. ``input_ids`` forwards keep ms-swift's forward.
 
 Logits convention: ``logits[:, t]`` predicts the token at ``t + 1`` (no shift here). No host sync in this module
 after a forward is queued: the guards compare shapes only; positions are computed before the forward (on the host
@@ -31,13 +31,14 @@ when the caller passes host tensors, then moved with ``non_blocking=True``).
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
+
+from coordexp_swift.rollout.swift_forward import swift_patched_module, transformers_forward
 
 # Keys a collator / encoder / trainer puts into a micro-batch that the model forward must not see. ms-swift's
 # collator: labels, loss_scale, text_position_ids (its padded `position_ids` are the 3 mRoPE rows; ms-swift's own
@@ -123,7 +124,8 @@ def forward(
     fwd = forward_kwargs(inputs, input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
                          allow_logits_to_keep=sft_labels is not None)
     if "inputs_embeds" in fwd:
-        with transformers_forward(model, has_vision=any(fwd.get(k) is not None for k in _VISION_KEYS)):
+        _require_vision_under_deepspeed(model, fwd)
+        with transformers_forward(model):
             outputs = model(**fwd)
     else:
         outputs = model(**fwd)
@@ -144,46 +146,22 @@ def forward(
 _VISION_KEYS = ("pixel_values", "pixel_values_videos")
 
 
-def swift_patched_module(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The submodule whose ``forward`` ms-swift replaced (``Qwen3VLModel`` carrying the instance attribute
-    ``origin_forward`` = transformers' bound forward), or ``None`` (model not loaded by ms-swift, or no Qwen-VL)."""
-    for m in model.modules():
-        if "origin_forward" in vars(m) and callable(getattr(type(m), "get_rope_index", None)):
-            return m
-    return None
-
-
-@contextlib.contextmanager
-def transformers_forward(model: torch.nn.Module, *, has_vision: bool) -> Iterator[None]:
-    """Within the block, the ms-swift-patched Qwen3-VL submodule (if any) runs transformers' own forward
-    (``origin_forward``); its ``forward`` is restored in ``finally``. No-op when there is no such submodule.
-
-    ``has_vision``: the call carries ``pixel_values`` / ``pixel_values_videos``. ``RuntimeError`` when it does not
-    and DeepSpeed is on (ms-swift's ``swift.utils.is_deepspeed_enabled``): ms-swift's DeepSpeed branch exists to run a
-    dummy image through the vision tower for text-only batches (ZeRO-3 collective lockstep), which ``origin_forward``
-    would skip, and that branch itself cannot take ``inputs_embeds`` (it builds the image mask from ``input_ids``)."""
-    patched = swift_patched_module(model)
-    if patched is None:
-        yield
+def _require_vision_under_deepspeed(model: torch.nn.Module, fwd: Mapping[str, Any]) -> None:
+    """``RuntimeError`` for an ``inputs_embeds`` forward without ``pixel_values`` / ``pixel_values_videos`` on an
+    ms-swift-patched model while DeepSpeed is on (ms-swift's ``swift.utils.is_deepspeed_enabled``): ms-swift's
+    DeepSpeed branch runs a dummy image through the vision tower for text-only batches (ZeRO-3 collective lockstep),
+    which ``origin_forward`` would skip, and that branch itself cannot take ``inputs_embeds``. ms-swift's flag is read
+    from the already-imported module (the patch exists only once ms-swift loaded the model): no ms-swift import here
+    (layering)."""
+    if any(fwd.get(k) is not None for k in _VISION_KEYS) or swift_patched_module(model) is None:
         return
-    # ms-swift's flag, read from the already-imported module (the patch exists only once ms-swift loaded the model):
-    # no import of ms-swift here, the preamble stays usable on any model (layering)
     swift_utils = sys.modules.get("swift.utils")
-    if not has_vision and swift_utils is not None and swift_utils.is_deepspeed_enabled():
+    if swift_utils is not None and swift_utils.is_deepspeed_enabled():
         raise RuntimeError(
             "an inputs_embeds forward without pixel_values under DeepSpeed: ms-swift's Qwen3-VL forward (its "
             "DeepSpeed branch) builds the image mask from input_ids and cannot take inputs_embeds, and "
             "transformers' forward would skip the vision tower that ms-swift runs on a dummy image to keep "
             "ZeRO-3 ranks in lockstep; every coordexp sample must carry its image")
-    own = vars(patched).get("forward")
-    patched.forward = vars(patched)["origin_forward"]
-    try:
-        yield
-    finally:
-        if own is None:
-            del patched.forward
-        else:
-            patched.forward = own
 
 
 # --- positions ----------------------------------------------------------------------------------------------------

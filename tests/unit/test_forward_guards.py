@@ -133,12 +133,14 @@ def test_pack_segments_fails_fast_on_overflow_and_empty():
 
 
 def test_layering():
-    """ARCHITECTURE §2/§5 layering: the preamble imports only torch and the standard library (no ms-swift, no
-    transformers), so every trainer can use it on any wrapped model."""
+    """ARCHITECTURE §2/§5 layering: the preamble imports only torch, the standard library and the torch-only
+    ``rollout.swift_forward`` (no ms-swift, no transformers), so every trainer can use it on any wrapped model."""
+    from coordexp_swift.rollout import swift_forward
     from coordexp_swift.trainers import forwards
     from tests.layering import top_level_imports
 
-    assert top_level_imports(forwards) <= {"torch", "itertools", "dataclasses", "typing", "contextlib", "sys"}
+    assert top_level_imports(forwards) <= {"torch", "itertools", "dataclasses", "typing", "sys", "coordexp_swift"}
+    assert top_level_imports(swift_forward) <= {"torch", "contextlib", "collections"}
 
 
 def test_one_forward_preamble_for_every_trainer():
