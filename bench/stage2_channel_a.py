@@ -53,8 +53,7 @@ CONFIGS = (("n2_em_detach", 2, "em_detach"), ("n3_em_detach", 3, "em_detach"), (
 def prepare(out: Path, batch: int) -> None:
     """Tiny model + shapes + ``rows.pt`` (``batch`` rows encoded by the ms-swift template; needs ms-swift)."""
     from coordexp_swift.config import DEFAULT_USER_PROMPT
-    from coordexp_swift.data.coordjson import to_swift_row
-    from coordexp_swift.data.records import iter_jsonl
+    from coordexp_swift.data.swift_loader import load_rows
     from coordexp_swift.data.shapes import make_shapes
     from coordexp_swift.rollout.hf_backend import load_model_and_template
     from coordexp_swift.tools.tiny_model import build_tiny_model
@@ -68,11 +67,9 @@ def prepare(out: Path, batch: int) -> None:
     template.model = model
     template.set_mode("train")
     template.remove_unused_columns = False
-    rows = []
-    for rec in list(iter_jsonl(out / "shapes" / "train.jsonl", stage="stage2"))[:batch]:
-        row = to_swift_row(rec, user_prompt=DEFAULT_USER_PROMPT)
-        row["assistant_payload"] = json.dumps(row["assistant_payload"])
-        rows.append(template.encode(row))
+    rows = [template.encode(row) for row in load_rows(str(out / "shapes" / "train.jsonl"), stage="stage2",
+                                                         user_prompt=DEFAULT_USER_PROMPT, system_prompt=None,
+                                                         field_order="desc_first")[:batch]]
     torch.save(rows, out / "rows.pt")
     print(f"prepared {len(rows)} rows in {out}")
 

@@ -64,13 +64,11 @@ def main() -> None:
     from transformers.generation.utils import GenerationMixin
 
     from coordexp_swift.config import DEFAULT_USER_PROMPT, load_coordexp_config
+    from coordexp_swift.data.swift_loader import load_rows
     from coordexp_swift.coord.vocab import VocabView
-    from coordexp_swift.data.coordjson import to_swift_row
-    from coordexp_swift.data.records import iter_jsonl
     from coordexp_swift.data.shapes import make_shapes
     from coordexp_swift.rollout.hf_backend import load_model_and_template
     from coordexp_swift.rollout.prompts import collate_left
-    from coordexp_swift.rollout.seeds import RolloutSeeds
     from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, settings_from_config
     from coordexp_swift.teacher_forcing.manifest import resolve_pipeline
     from coordexp_swift.tools.tiny_model import build_tiny_model
@@ -86,12 +84,8 @@ def main() -> None:
     template.model = model
     template.set_mode("train")
     template.remove_unused_columns = False
-    recs = list(iter_jsonl(tmp / "shapes" / "train.jsonl", stage="stage2"))[: a.batch]
-    rows = []
-    for rec in recs:
-        row = to_swift_row(rec, user_prompt=DEFAULT_USER_PROMPT)
-        row["assistant_payload"] = json.dumps(row["assistant_payload"])
-        rows.append(row)
+    rows = load_rows(str(tmp / "shapes" / "train.jsonl"), stage="stage2", user_prompt=DEFAULT_USER_PROMPT,
+                     system_prompt=None, field_order="desc_first")[: a.batch]
     encoded = [template.encode(dict(r)) for r in rows]
     cfg = load_coordexp_config({"custom": {"trainer_variant": "stage2_two_channel"},
                                 "stage2_ab": {"schedule": {"b_ratio": 1.0}},

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from coordexp_swift.config import DEFAULT_USER_PROMPT
+from coordexp_swift.data.swift_loader import load_rows
 from coordexp_swift.coord.vocab import VocabView
-from coordexp_swift.data.coordjson import to_swift_row
-from coordexp_swift.data.records import iter_jsonl
 from coordexp_swift.rollout.prompts import PromptEncoder
 from coordexp_swift.teacher_forcing.batch import CEWeightTable
 from coordexp_swift.trainers.stage2_two_channel import (
@@ -37,12 +36,8 @@ def tiny(tiny_model_dir, shapes_dir):
     template.model = model
     template.set_mode("train")
     template.remove_unused_columns = False
-    recs = list(iter_jsonl(shapes_dir / "train.jsonl", stage="stage2"))
-    rows = []
-    for rec in recs[:3]:
-        row = to_swift_row(rec, user_prompt=DEFAULT_USER_PROMPT)
-        row["assistant_payload"] = json.dumps(row["assistant_payload"])  # as the dataset loader stores it
-        rows.append(row)
+    rows = load_rows(str(shapes_dir / "train.jsonl"), stage="stage2", user_prompt=DEFAULT_USER_PROMPT,
+                     system_prompt=None, field_order="desc_first")[:3]  # as the dataset loader stores them
     encoded = [template.encode(dict(r)) for r in rows]
     vocab = VocabView.from_tokenizer(template.tokenizer, vocab_size=model.get_output_embeddings().weight.shape[0])
     return model, template, rows, encoded, vocab

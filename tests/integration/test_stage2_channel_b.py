@@ -8,16 +8,14 @@ fallback path) with a short ``max_new_tokens``.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 
 import pytest
 import torch
 
 from coordexp_swift.config import DEFAULT_USER_PROMPT, load_coordexp_config
+from coordexp_swift.data.swift_loader import load_rows
 from coordexp_swift.coord.vocab import VocabView
-from coordexp_swift.data.coordjson import to_swift_row
-from coordexp_swift.data.records import iter_jsonl
 from coordexp_swift.rollout.prompts import PromptEncoder
 from coordexp_swift.rollout.seeds import seed_base
 from coordexp_swift.teacher_forcing.executor import ObjectivePipeline, settings_from_config
@@ -39,12 +37,8 @@ def tiny(tmp_path_factory, shapes_dir):
     template.model = model
     template.set_mode("train")
     template.remove_unused_columns = False
-    recs = list(iter_jsonl(shapes_dir / "train.jsonl", stage="stage2"))[:2]
-    rows = []
-    for rec in recs:
-        row = to_swift_row(rec, user_prompt=DEFAULT_USER_PROMPT)
-        row["assistant_payload"] = json.dumps(row["assistant_payload"])
-        rows.append(row)
+    rows = load_rows(str(shapes_dir / "train.jsonl"), stage="stage2", user_prompt=DEFAULT_USER_PROMPT,
+                     system_prompt=None, field_order="desc_first")[:2]
     encoded = [template.encode(dict(r)) for r in rows]
     cfg = load_coordexp_config({"custom": {"trainer_variant": "stage2_two_channel"},
                                 "stage2_ab": {"schedule": {"b_ratio": 1.0}},
