@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("coordexp_swift.eval.cli:main", "offline detection evaluation (COCO bbox mAP)"),
     "visualize": ("coordexp_swift.eval.visualize:main", "draw boxes over images / plot training curves"),
     "demo": ("coordexp_swift.tools.demo:main", "the end-to-end CPU demo"),
+    "demo-frontier": ("coordexp_swift.tools.demo_frontier:main",
+                      "evaluate every kept checkpoint of demo runs (steps vs parse / mean IoU / AP50)"),
     "audit-tensor-flow": ("coordexp_swift.tools.audit_tensor_flow:main",
                           "run audited Stage-2 steps of a run YAML (SPEC §3.3 invariants, JSON report)"),
 }

@@ -224,6 +224,8 @@ def test_quick_demo_values(quick_demo):
     assert s2_cfg["model"] == str(out / "train_softce_w1" / "checkpoint-80")
     assert s2_cfg["custom"]["trainer_variant"] == "stage2_two_channel"
     assert s2_cfg["stage2_ab"]["schedule"]["b_ratio"] == 0.5
+    manifest = json.loads((out / "train_stage2_two_channel" / "pipeline_manifest.json").read_text())
+    assert [o["config"]["coord_gate_weight"] for o in manifest["objective"] if o["name"] == "coord_reg"] == [1.0]
     evals = [r for r in _logged(out / "train_stage2_two_channel") if "eval_rollout/mAP" in r]
     assert len(evals) == 1 and evals[0]["eval_rollout/gt_objects_total"] == n_gt
     assert s2["rollout_mAP"] == evals[0]["eval_rollout/mAP"] and 0.0 <= s2["rollout_mAP"] <= 1.0
@@ -236,6 +238,25 @@ def test_quick_demo_values(quick_demo):
     assert f"[softce_w1] step 50/80 | loss {step50['loss']:.3f} | coord acc {step50['coord_token_acc']:.3f}" in stdout
     assert "[stage2_two_channel] eval at step 4: rollout/mAP" in stdout
     assert "pictures:" in stdout and str(out / "overlays_") in stdout
+
+
+def test_demo_frontier_rescores_the_final_checkpoint_like_the_demo(quick_demo):
+    """issue 11 item 2 (the frontier tool): `coordexp-swift demo-frontier OUT` scores every kept Stage-1 checkpoint
+    the way the demo scores its final model, so its row for the final checkpoint equals summary.json (same model,
+    greedy decoding, same evaluator) and the printed table carries those numbers."""
+    from coordexp_swift.tools.demo import QUICK_DATA, eval_max_new_tokens
+
+    out = quick_demo
+    proc = subprocess.run([CLI, "demo-frontier", str(out), "--max-new-tokens", str(eval_max_new_tokens(QUICK_DATA))],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "frontier_softce_w1.json").read_text())
+    assert [r["step"] for r in rows] == [80]
+    s1 = json.loads((out / "summary.json").read_text())["softce_w1"]
+    for key in ("parse_rate", "mean_iou", "bbox_AP50", "bbox_AP", "recall_iou50", "coord_mae_bins", "matched"):
+        assert rows[0][key] == s1[key] or (math.isnan(rows[0][key]) and math.isnan(s1[key])), key
+    r = rows[0]
+    assert f"| 80 | {r['parse_rate']:.2f} / {r['mean_iou']:.3f} / {r['bbox_AP50']:.3f} |" in proc.stdout
 
 
 def test_progress_line_reads_growing_log(tmp_path):
@@ -282,3 +303,16 @@ def test_study_table_mean_and_spread():
     assert "| 0.300 ± 0.100 (0.200..0.400) |" in line and "| 20.0 ± 10.0 (10.0..30.0) |" in line
     assert "| 42 | softce_w1 | 3000/3000 | 1.000 | 0.700 | 0.200 | ✘ |" in text
     assert "| 43 | softce_w1 | 3000/3000 | 1.000 | 0.700 | 0.400 | ✔ |" in text
+
+
+def test_frontier_table_cells():
+    """issue 11 item 2: the frontier table has a row per step over all runs and `–` where a run has no checkpoint;
+    cells are parse / mean IoU / AP50 with 2/3/3 decimals (hand-written rows)."""
+    from coordexp_swift.tools.demo_frontier import frontier_table
+
+    text = frontier_table({"s42": [{"step": 500, "parse_rate": 1.0, "mean_iou": 0.2644, "bbox_AP50": 0.0251},
+                                   {"step": 1000, "parse_rate": 0.99, "mean_iou": 0.5, "bbox_AP50": 0.5}],
+                           "s43": [{"step": 1000, "parse_rate": 0.5, "mean_iou": 0.1, "bbox_AP50": 0.0}]})
+    assert text.splitlines() == [
+        "| step | s42: parse / mean IoU / AP50 | s43: parse / mean IoU / AP50 |", "|---|---|---|",
+        "| 500 | 1.00 / 0.264 / 0.025 | – |", "| 1000 | 0.99 / 0.500 / 0.500 | 0.50 / 0.100 / 0.000 |"]
