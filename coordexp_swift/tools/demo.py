@@ -645,9 +645,9 @@ CURRICULA: dict[str, Curriculum] = {
                  shapes=("square", "triangle")),
         {"patch_size": 8, "hidden_size": 128, "head_dim": 32, "mrope_section": (8, 4, 4), "intermediate_size": 256,
          "vision_hidden_size": 128, "vision_intermediate_size": 256},
-        ("custom.object_field_order=geometry_first",), (0.95, 0.60, 0.50),
+        ("custom.coord_soft_ce_w1.target_sigma=4.0",), (0.95, 0.60, 0.50),
         "1-3 objects, square/triangle x 4 colours (8 classes), 128 px with patch 8 (64 image tokens), 1.7 M-param "
-        "tiny model, geometry-first CoordJSON"),
+        "tiny model, target_sigma 4 (>= half the 7.87-bin pixel lattice of 128-px images)"),
 }
 DEFAULT_CURRICULUM = "squares"
 
