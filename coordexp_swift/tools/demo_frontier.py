@@ -3,11 +3,12 @@
 ``coordexp-swift demo-frontier RUN [RUN ...] [--variant softce_w1] [--max-new-tokens 128] [--json F]``
 
 ``RUN`` is the output dir of a ``coordexp-swift demo`` run trained with its checkpoints kept (``--set save_steps=N
---set save_total_limit=null``). Each ``RUN/train_<variant>/checkpoint-K`` is rolled out greedily on
-``RUN/shapes/val.jsonl`` and scored exactly as the demo scores its final model (``generate_and_evaluate`` +
-:func:`coordexp_swift.tools.demo.matched_box_stats`) into ``RUN/frontier_<variant>/checkpoint-K`` (a rerun reuses
-checkpoints already scored there). Writes ``RUN/frontier_<variant>.json`` and prints one markdown table, a row per
-step and a column group per run. A checkpoint of a longer cosine schedule is not the model a run of that length
+--set save_total_limit=100``; swift's CLI rejects ``null`` there). Each ``RUN/train_<variant>/checkpoint-K`` is
+rolled out greedily on ``RUN/shapes/val.jsonl`` and scored exactly as the demo scores its final model
+(``generate_and_evaluate`` + :func:`coordexp_swift.tools.demo.matched_box_stats`) into
+``RUN/frontier_<variant>/checkpoint-K`` (a rerun reuses checkpoints already scored there). Writes
+``RUN/frontier_<variant>.json`` and prints one markdown table, a row per step and a column group per run. A
+checkpoint of a longer cosine schedule is not the model a run of that length
 would give (its learning rate has not annealed), so the frontier is a lower bound for shorter runs.
 """
 from __future__ import annotations
