@@ -635,6 +635,7 @@ class Curriculum:
     sets: tuple[str, ...]
     bar: tuple[float, float, float]  # parse rate, mean IoU, AP50
     note: str
+    budget_min: float = STAGE1_BUDGET_MIN  # default Stage-1 wall-clock budget (--budget-min overrides)
 
 
 CURRICULA: dict[str, Curriculum] = {
@@ -645,9 +646,10 @@ CURRICULA: dict[str, Curriculum] = {
                  shapes=("square", "triangle")),
         {"patch_size": 8, "hidden_size": 128, "head_dim": 32, "mrope_section": (8, 4, 4), "intermediate_size": 256,
          "vision_hidden_size": 128, "vision_intermediate_size": 256},
-        ("custom.coord_soft_ce_w1.target_sigma=4.0",), (0.95, 0.60, 0.50),
+        ("custom.coord_soft_ce_w1.target_sigma=4.0", "max_steps=4000"), (0.95, 0.60, 0.50),
         "1-3 objects, square/triangle x 4 colours (8 classes), 128 px with patch 8 (64 image tokens), 1.7 M-param "
-        "tiny model, target_sigma 4 (>= half the 7.87-bin pixel lattice of 128-px images)"),
+        "tiny model, target_sigma 4 (>= half the 7.87-bin pixel lattice of 128-px images), 4000 steps (~25-40 min "
+        "on 2 CPU cores: docs/demo.md frontier)", budget_min=45.0),
 }
 DEFAULT_CURRICULUM = "squares"
 
@@ -695,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coordexp-swift demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     p.add_argument("--budget-min", type=float, default=None,
-                   help="wall-clock training budget of Stage-1 and plain CE in minutes (default 8; --quick: 3)")
+                   help="wall-clock training budget of Stage-1 and plain CE in minutes (default: the curriculum's, "
+                        "squares 8, multi 45; --quick: 3)")
     p.add_argument("--stage2-budget-min", type=float, default=None,
                    help="wall-clock budget of the Stage-2 continuation in minutes (default 3; --quick: 3)")
     p.add_argument("--quick", action="store_true", help="~1-2 minute smoke run (tiny data, few steps)")
@@ -744,7 +747,7 @@ def run_demo(args: argparse.Namespace, out: Path, seed: int | None) -> tuple[dic
     sets = list(cur.sets) + list(args.set) + ([f"seed={seed}", f"data_seed={seed}"] if seed is not None else [])
     set_yaml_keys({}, sets)
     budget_min = args.budget_min if args.budget_min is not None else (
-        QUICK_BUDGET_MIN if args.quick else STAGE1_BUDGET_MIN)
+        QUICK_BUDGET_MIN if args.quick else cur.budget_min)
     s2_budget_min = args.stage2_budget_min if args.stage2_budget_min is not None else (
         QUICK_BUDGET_MIN if args.quick else STAGE2_BUDGET_MIN)
     if budget_min <= 0 or s2_budget_min <= 0:

@@ -136,3 +136,25 @@ def test_budget_stop_uses_newest_checkpoint(tmp_path):
     with pytest.raises(RuntimeError, match="no checkpoint"):
         run_swift_sft(tmp_path / "x.yaml", tmp_path / "empty", budget_s=30, max_steps=1,
                       log=tmp_path / "log2.txt", command=[sys.executable, "-c", "pass"])
+
+
+def test_curricula_run_plans(repo_root):
+    """issue 11 item 2: each curriculum's Stage-1 plan as swift receives it. `squares`: the YAML's 3000 steps, σ 2,
+    8-minute budget. `multi`: 4000 steps (the measured frontier reaches its bar region there, docs/demo.md), σ 4,
+    desc-first (the default order), a 45-minute budget so a 2-core machine is not cut short, and its data (1-3
+    objects, two shapes × four colours)."""
+    from pathlib import Path
+
+    from coordexp_swift.tools.demo import CURRICULA, DEFAULT_CONFIG
+
+    def plan(name):
+        cfg = build_run_config(DEFAULT_CONFIG, model_dir=Path("/m"), shapes_dir=Path("/s"), output_dir=Path("/o"),
+                               variant=MAIN, sets=CURRICULA[name].sets)
+        c = cfg["custom"]
+        return (cfg["max_steps"], c["coord_soft_ce_w1"]["target_sigma"], c.get("object_field_order", "desc_first"),
+                CURRICULA[name].budget_min)
+
+    assert plan("squares") == (3000, 2.0, "desc_first", 8.0)
+    assert plan("multi") == (4000, 4.0, "desc_first", 45.0)
+    d = CURRICULA["multi"].data
+    assert (d.min_objects, d.max_objects, len(d.shapes), len(d.colors)) == (1, 3, 2, 4)
