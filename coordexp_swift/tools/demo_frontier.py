@@ -1,6 +1,6 @@
 """Steps-vs-quality frontier of demo runs: every kept checkpoint of a run, evaluated on the held-out split.
 
-``coordexp-swift demo-frontier RUN [RUN ...] [--variant softce_w1] [--max-new-tokens 128] [--json F]``
+``coordexp-swift demo-frontier RUN [RUN ...] [--variant softce_w1] [--max-new-tokens N] [--json F]``
 
 ``RUN`` is the output dir of a ``coordexp-swift demo`` run trained with its checkpoints kept (``--set save_steps=N
 --set save_total_limit=100``; swift's CLI rejects ``null`` there). Each ``RUN/train_<variant>/checkpoint-K`` is
@@ -17,20 +17,36 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from coordexp_swift.tools.demo import DemoData
 
 
-def evaluate_checkpoints(run: Path, *, variant: str = "softce_w1", max_new_tokens: int = 128) -> list[dict[str, Any]]:
+def run_data(run: Path) -> "DemoData":
+    """The shapes curriculum a demo run was trained on, from ``run/shapes/summary.json``."""
+    from coordexp_swift.tools.demo import DemoData
+
+    s = json.loads((run / "shapes" / "summary.json").read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in s["config"].items()}
+    return DemoData(n_train=s["train"]["images"], n_val=s["val"]["images"], seed=s["seed"], **fields)
+
+
+def evaluate_checkpoints(run: Path, *, variant: str = "softce_w1",
+                         max_new_tokens: int | None = None) -> list[dict[str, Any]]:
     """One row per checkpoint of ``run/train_<variant>`` (ascending steps): ``step``, the matched-box stats and
-    ``bbox_AP``/``bbox_AP50``/``bbox_AP75``. FileNotFoundError when the run has no checkpoint or no val split."""
+    ``bbox_AP``/``bbox_AP50``/``bbox_AP75``. ``max_new_tokens`` default: the demo's cap for the run's data.
+    FileNotFoundError when the run has no checkpoint or no shapes split."""
     from coordexp_swift.eval.cli import generate_and_evaluate
-    from coordexp_swift.tools.demo import _checkpoints, matched_box_stats
+    from coordexp_swift.tools.demo import _checkpoints, eval_max_new_tokens, matched_box_stats
 
     val = run / "shapes" / "val.jsonl"
     ckpts = _checkpoints(run / f"train_{variant}")
-    if not val.exists() or not ckpts:
-        raise FileNotFoundError(f"{run}: needs shapes/val.jsonl and train_{variant}/checkpoint-* (found "
-                                f"{len(ckpts)} checkpoints)")
+    if not val.exists() or not (run / "shapes" / "summary.json").exists() or not ckpts:
+        raise FileNotFoundError(f"{run}: needs shapes/val.jsonl, shapes/summary.json and "
+                                f"train_{variant}/checkpoint-* (found {len(ckpts)} checkpoints)")
+    if max_new_tokens is None:
+        max_new_tokens = eval_max_new_tokens(run_data(run))
     rows = []
     for step, ckpt in ckpts:
         eval_dir = run / f"frontier_{variant}" / ckpt.name
@@ -65,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="coordexp-swift demo-frontier", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="demo output dirs (OUT of `coordexp-swift demo`)")
     ap.add_argument("--variant", default="softce_w1", help="training run of the demo to scan (default softce_w1)")
-    ap.add_argument("--max-new-tokens", type=int, default=128, help="generation cap (demo: 32 + 32 per object)")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="generation cap (default: the demo's own for the run's data, 32 + 32 per object)")
     ap.add_argument("--json", default=None, help="also write all rows here")
     args = ap.parse_args(argv)
     per_run: dict[str, list[dict[str, Any]]] = {}

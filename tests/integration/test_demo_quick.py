@@ -244,11 +244,12 @@ def test_demo_frontier_rescores_the_final_checkpoint_like_the_demo(quick_demo):
     """issue 11 item 2 (the frontier tool): `coordexp-swift demo-frontier OUT` scores every kept Stage-1 checkpoint
     the way the demo scores its final model, so its row for the final checkpoint equals summary.json (same model,
     greedy decoding, same evaluator) and the printed table carries those numbers."""
-    from coordexp_swift.tools.demo import QUICK_DATA, eval_max_new_tokens
+    from coordexp_swift.tools.demo import QUICK_DATA
+    from coordexp_swift.tools.demo_frontier import run_data
 
     out = quick_demo
-    proc = subprocess.run([CLI, "demo-frontier", str(out), "--max-new-tokens", str(eval_max_new_tokens(QUICK_DATA))],
-                          capture_output=True, text=True, timeout=600)
+    assert run_data(out) == QUICK_DATA  # so the default generation cap is the demo's own
+    proc = subprocess.run([CLI, "demo-frontier", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "frontier_softce_w1.json").read_text())
     assert [r["step"] for r in rows] == [80]
