@@ -51,7 +51,7 @@ def run(data: torch.Tensor, *, sigma: float = 2.0, renorm: bool = True, info: fl
     slot = torch.randn(4, hidden, generator=g).requires_grad_(True)
     a = torch.zeros(hidden, 16).requires_grad_(True)
     opt = torch.optim.Adam([w, slot, a], lr=2e-3)
-    k = torch.arange(1000.0)
+    k = torch.arange(1000, dtype=torch.float32)
     for _ in range(steps):
         t = data[torch.randint(0, data.shape[0], (64,), generator=g)].reshape(-1)
         z = (slot[torch.arange(4).repeat(64)] + info * _features(t, g) @ a.T) @ w.T

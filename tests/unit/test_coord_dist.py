@@ -584,7 +584,7 @@ def _lattice_x1_marginal(image_size: int = 128, side_px: tuple[int, int] = (26, 
 def _mixture_mode(bins: list[int], mass: list[float], sigma: float) -> int:
     """argmax_k Σ_b m_b·q_b(k), q_b the range-cut, renormalised Gaussian (numpy, not the project's helper): the
     minimiser of the expected softCE over the marginal (E_b[−Σ q_b log p] is minimised by p = E_b[q_b])."""
-    k = np.arange(1000.0)
+    k = np.arange(1000, dtype=float)
     q = np.exp(-((k[None, :] - np.asarray(bins, float)[:, None]) ** 2) / (2 * sigma * sigma))
     q /= q.sum(1, keepdims=True)
     return int(np.argmax(np.asarray(mass) @ q))
