@@ -36,8 +36,30 @@ def run_swift_sft(cfg: dict, workdir: Path, *, extra_env: dict | None = None, ti
     """``swift sft <workdir>/run.yaml [extra_args]`` run from ``cwd`` (default: the repository root)."""
     path = workdir / "run.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return subprocess.run([SWIFT, "sft", str(path), *(extra_args or [])], cwd=cwd or REPO, env=swift_env(extra_env),
+    env = swift_env(extra_env)
+    proc = subprocess.run([SWIFT, "sft", str(path), *(extra_args or [])], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+    return tolerate_exit_abort(proc, int(env.get("NPROC_PER_NODE", "1")))
+
+
+#: Logged by ms-swift (local rank 0 only) when ``sft_main`` has returned (all outputs written).
+MAIN_DONE = "End time of running main"
+EXIT_ABORT = "terminate called without an active exception"
+
+
+def tolerate_exit_abort(proc: subprocess.CompletedProcess, nproc: int) -> subprocess.CompletedProcess:
+    """Known upstream exit-time abort of multi-process gloo CPU runs: after training has finished and been logged,
+    one rank can die in interpreter finalisation with ``terminate called without an active exception`` (SIGABRT;
+    seen in 2 of 2 clean-clone CI runs on 2026-12-04, on different 2-process tests, despite the plugin's atexit
+    ``destroy_process_group``). Only that exact signature — rank 0 logged :data:`MAIN_DONE`, then the abort
+    message and SIGABRT, no Python traceback before it — is returned as rc 0 (``stderr`` gets a note), so the test
+    still judges the run by its outputs (every caller checks the logged steps); any other failure keeps its rc."""
+    out = proc.stdout + proc.stderr
+    if (proc.returncode != 0 and nproc > 1 and MAIN_DONE in out and EXIT_ABORT in out
+            and "SIGABRT" in out and "Traceback" not in out.split(EXIT_ABORT)[0]):
+        return subprocess.CompletedProcess(proc.args, 0, proc.stdout,
+                                           proc.stderr + "\n[tests] tolerated the known exit-time gloo abort\n")
+    return proc
 
 
 def swift_env(extra_env: dict | None = None) -> dict:
